@@ -1,0 +1,132 @@
+//! Every default value in one place. docs/configuration.md quotes these; keep
+//! the two in step. Sizes are bytes, durations are what their name says.
+
+use std::time::Duration as StdDuration;
+
+use super::raw::{AutoWord, RawWorkers};
+use super::units::{ByteSize, Duration};
+
+/// Total time a client has to send a complete request head (slowloris defence).
+pub const REQUEST_HEAD: StdDuration = StdDuration::from_secs(10);
+/// Longest pause between two reads of a request body.
+pub const REQUEST_BODY_IDLE: StdDuration = StdDuration::from_secs(30);
+/// How long an idle downstream keep-alive connection is kept open.
+pub const KEEPALIVE_IDLE: StdDuration = StdDuration::from_secs(60);
+/// Upstream TCP connect.
+pub const UPSTREAM_CONNECT: StdDuration = StdDuration::from_secs(3);
+/// From the end of the request to the complete upstream response head.
+pub const UPSTREAM_RESPONSE_HEAD: StdDuration = StdDuration::from_secs(60);
+/// Longest pause between two reads of an upstream response body.
+pub const UPSTREAM_IDLE: StdDuration = StdDuration::from_secs(60);
+/// How long in-flight requests may run after SIGTERM.
+pub const DRAIN_TIMEOUT: StdDuration = StdDuration::from_secs(30);
+
+/// Request line (method, target, version) longer than this: 414.
+pub const MAX_REQUEST_LINE: u64 = 8 * 1024;
+/// Whole request head longer than this: 431.
+pub const MAX_HEADER_BYTES: u64 = 32 * 1024;
+/// More header fields than this: 431.
+pub const MAX_HEADERS: u32 = 100;
+/// Request body larger than this: 413 (per route override `max_body_bytes`).
+pub const MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+
+/// Downstream connections one worker serves at once; more wait in the backlog.
+pub const MAX_CONNECTIONS: u32 = 10_000;
+/// listen(2) backlog of each worker's socket.
+pub const BACKLOG: u32 = 1024;
+/// Submission queue entries of each worker's io_uring.
+pub const IO_URING_ENTRIES: u32 = 1024;
+
+/// Idle pooled connections kept per endpoint per worker.
+pub const POOL_MAX_IDLE: u32 = 64;
+/// A pooled connection idle longer than this is closed instead of reused.
+pub const POOL_IDLE_TIMEOUT: StdDuration = StdDuration::from_secs(60);
+/// Requests sent over one upstream connection before it is retired.
+pub const POOL_MAX_REQUESTS: u32 = 10_000;
+/// Consecutive connect failures that eject an endpoint.
+pub const MAX_FAILS: u32 = 1;
+/// How long an ejected endpoint is skipped.
+pub const FAIL_TIMEOUT: StdDuration = StdDuration::from_secs(10);
+/// Endpoints tried when connecting fails (connect errors are always safe to retry).
+pub const CONNECT_ATTEMPTS: u32 = 2;
+
+pub const ADMIN_ADDRESS: &str = "127.0.0.1:9901";
+
+pub fn workers() -> RawWorkers {
+    RawWorkers::Named(AutoWord::Auto)
+}
+pub fn pin_workers() -> bool {
+    true
+}
+pub fn drain_timeout() -> Duration {
+    Duration(DRAIN_TIMEOUT)
+}
+pub fn io_uring_entries() -> u32 {
+    IO_URING_ENTRIES
+}
+pub fn request_head() -> Duration {
+    Duration(REQUEST_HEAD)
+}
+pub fn request_body_idle() -> Duration {
+    Duration(REQUEST_BODY_IDLE)
+}
+pub fn keepalive_idle() -> Duration {
+    Duration(KEEPALIVE_IDLE)
+}
+pub fn upstream_connect() -> Duration {
+    Duration(UPSTREAM_CONNECT)
+}
+pub fn upstream_response_head() -> Duration {
+    Duration(UPSTREAM_RESPONSE_HEAD)
+}
+pub fn upstream_idle() -> Duration {
+    Duration(UPSTREAM_IDLE)
+}
+pub fn max_request_line() -> ByteSize {
+    ByteSize(MAX_REQUEST_LINE)
+}
+pub fn max_header_bytes() -> ByteSize {
+    ByteSize(MAX_HEADER_BYTES)
+}
+pub fn max_headers() -> u32 {
+    MAX_HEADERS
+}
+pub fn max_body_bytes() -> ByteSize {
+    ByteSize(MAX_BODY_BYTES)
+}
+pub fn admin_enabled() -> bool {
+    true
+}
+pub fn admin_address() -> String {
+    ADMIN_ADDRESS.to_string()
+}
+pub fn log_level() -> String {
+    "info".to_string()
+}
+pub fn max_connections() -> u32 {
+    MAX_CONNECTIONS
+}
+pub fn backlog() -> u32 {
+    BACKLOG
+}
+pub fn weight() -> u32 {
+    1
+}
+pub fn pool_max_idle() -> u32 {
+    POOL_MAX_IDLE
+}
+pub fn pool_idle_timeout() -> Duration {
+    Duration(POOL_IDLE_TIMEOUT)
+}
+pub fn pool_max_requests() -> u32 {
+    POOL_MAX_REQUESTS
+}
+pub fn max_fails() -> u32 {
+    MAX_FAILS
+}
+pub fn fail_timeout() -> Duration {
+    Duration(FAIL_TIMEOUT)
+}
+pub fn connect_attempts() -> u32 {
+    CONNECT_ATTEMPTS
+}

@@ -1,0 +1,131 @@
+//! Configuration: TOML file -> raw serde types -> validation -> immutable [`Config`].
+//!
+//! - `raw.rs`: the file as serde reads it (unknown keys rejected).
+//! - `validate.rs`: cross-field checks, address resolution, route compilation.
+//! - `diagnostic.rs`: every error as `file:line:col: key.path: message`.
+//! - `defaults.rs`: every default value, quoted by docs/configuration.md.
+//!
+//! Workers share one `Arc<Config>` snapshot and never mutate it; a reload
+//! builds a whole new snapshot and hands it to each worker.
+//!
+//! # Adding a key
+//! Add it to the raw type with a `defaults` constant, carry it into the
+//! validated type in `validate.rs` (with a located error for bad values),
+//! document it in docs/configuration.md and in config/ringgate.toml.
+
+pub mod defaults;
+mod diagnostic;
+mod raw;
+mod units;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+pub use diagnostic::{ConfigError, Diagnostic};
+pub use raw::{BalancerKind, DriverChoice, LogFormat};
+pub use units::{parse_duration, parse_size};
+
+use crate::http::head::HeadLimits;
+use crate::routing::Router;
+
+/// The validated, immutable configuration every worker reads.
+#[derive(Debug)]
+pub struct Config {
+    /// Number of worker threads (one per core with `workers = "auto"`).
+    pub workers: usize,
+    pub driver: DriverChoice,
+    pub pin_workers: bool,
+    pub io_uring_entries: u32,
+    /// Add `Via: 1.1 ringgate` both ways (RFC 9110 7.6.3).
+    pub via: bool,
+    pub drain_timeout: Duration,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    /// Admin listener address; `None` when disabled.
+    pub admin: Option<SocketAddr>,
+    pub log: LogConfig,
+    pub listeners: Vec<ListenerConfig>,
+    pub clusters: Vec<ClusterConfig>,
+    pub router: Router,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub request_head: Duration,
+    pub request_body_idle: Duration,
+    pub keepalive_idle: Duration,
+    pub upstream_connect: Duration,
+    pub upstream_response_head: Duration,
+    pub upstream_idle: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub head: HeadLimits,
+    pub max_body_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// A `tracing` filter directive (`info`, `ringgate=debug,warn`, ...).
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub address: SocketAddr,
+    /// Per worker; further connections wait in the kernel backlog.
+    pub max_connections: u32,
+    pub backlog: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub name: String,
+    pub endpoints: Vec<EndpointConfig>,
+    pub balancer: BalancerKind,
+    /// Lowercase header name hashed by `consistent_hash`; client IP when `None`.
+    pub hash_header: Option<Box<[u8]>>,
+    pub pool: PoolConfig,
+    pub max_fails: u32,
+    pub fail_timeout: Duration,
+    pub connect_attempts: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    pub address: SocketAddr,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct PoolConfig {
+    pub max_idle: u32,
+    pub idle_timeout: Duration,
+    pub max_requests: u32,
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    ///
+    /// # Errors
+    /// [`ConfigError`] listing every problem with its file, line, column and key.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::whole_file(&name, format!("cannot read file: {e}")))?;
+        Self::parse(&name, &text)
+    }
+
+    /// Parses and validates config text; `file` names it in errors.
+    ///
+    /// # Errors
+    /// [`ConfigError`] listing every problem found.
+    pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
+        validate::parse(file, text)
+    }
+}

@@ -1,0 +1,314 @@
+//! Raw configuration: the TOML file exactly as serde reads it.
+//!
+//! Every table rejects unknown keys so a typo fails loudly instead of silently
+//! falling back to a default. Nothing here is validated across fields; that is
+//! `validate.rs`'s job. Defaults live in `super::defaults` so the documentation
+//! (docs/configuration.md) and the code name the same constants.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::defaults as d;
+use super::units::{ByteSize, Duration};
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub log: RawLog,
+    #[serde(default)]
+    pub listeners: Vec<RawListener>,
+    #[serde(default)]
+    pub clusters: Vec<RawCluster>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+/// `workers = "auto"` or a positive number.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum RawWorkers {
+    Count(i64),
+    Named(AutoWord),
+}
+
+/// The single word `auto`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoWord {
+    Auto,
+}
+
+/// Which monoio driver a worker runs.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DriverChoice {
+    /// io_uring when the kernel offers it, epoll otherwise (logged once).
+    #[default]
+    Auto,
+    /// io_uring or refuse to start.
+    IoUring,
+    /// Always the readiness (epoll) driver.
+    Epoll,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    #[serde(default = "d::workers")]
+    pub workers: RawWorkers,
+    #[serde(default)]
+    pub driver: DriverChoice,
+    #[serde(default = "d::pin_workers")]
+    pub pin_workers: bool,
+    #[serde(default = "d::drain_timeout")]
+    pub drain_timeout: Duration,
+    #[serde(default = "d::io_uring_entries")]
+    pub io_uring_entries: u32,
+    #[serde(default)]
+    pub via: bool,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            workers: d::workers(),
+            driver: DriverChoice::default(),
+            pin_workers: d::pin_workers(),
+            drain_timeout: d::drain_timeout(),
+            io_uring_entries: d::io_uring_entries(),
+            via: false,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    #[serde(default = "d::request_head")]
+    pub request_head: Duration,
+    #[serde(default = "d::request_body_idle")]
+    pub request_body_idle: Duration,
+    #[serde(default = "d::keepalive_idle")]
+    pub keepalive_idle: Duration,
+    #[serde(default = "d::upstream_connect")]
+    pub upstream_connect: Duration,
+    #[serde(default = "d::upstream_response_head")]
+    pub upstream_response_head: Duration,
+    #[serde(default = "d::upstream_idle")]
+    pub upstream_idle: Duration,
+}
+
+impl Default for RawTimeouts {
+    fn default() -> Self {
+        Self {
+            request_head: d::request_head(),
+            request_body_idle: d::request_body_idle(),
+            keepalive_idle: d::keepalive_idle(),
+            upstream_connect: d::upstream_connect(),
+            upstream_response_head: d::upstream_response_head(),
+            upstream_idle: d::upstream_idle(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    #[serde(default = "d::max_request_line")]
+    pub max_request_line: ByteSize,
+    #[serde(default = "d::max_header_bytes")]
+    pub max_header_bytes: ByteSize,
+    #[serde(default = "d::max_headers")]
+    pub max_headers: u32,
+    #[serde(default = "d::max_body_bytes")]
+    pub max_body_bytes: ByteSize,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            max_request_line: d::max_request_line(),
+            max_header_bytes: d::max_header_bytes(),
+            max_headers: d::max_headers(),
+            max_body_bytes: d::max_body_bytes(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    #[serde(default = "d::admin_enabled")]
+    pub enabled: bool,
+    #[serde(default = "d::admin_address")]
+    pub address: String,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self { enabled: d::admin_enabled(), address: d::admin_address() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    #[serde(default = "d::log_level")]
+    pub level: String,
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self { level: d::log_level(), format: LogFormat::default() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub name: String,
+    pub address: String,
+    #[serde(default = "d::max_connections")]
+    pub max_connections: u32,
+    #[serde(default = "d::backlog")]
+    pub backlog: u32,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BalancerKind {
+    #[default]
+    RoundRobin,
+    WeightedRoundRobin,
+    LeastRequest,
+    ConsistentHash,
+}
+
+/// An endpoint is either `"host:port"` or `{ address = "host:port", weight = 3 }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawEndpoint {
+    Address(String),
+    Weighted(RawWeightedEndpoint),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWeightedEndpoint {
+    pub address: String,
+    #[serde(default = "d::weight")]
+    pub weight: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub name: String,
+    pub endpoints: Vec<RawEndpoint>,
+    #[serde(default)]
+    pub balancer: BalancerKind,
+    /// Header whose value feeds `consistent_hash`; the client IP when absent.
+    pub hash_header: Option<String>,
+    #[serde(default)]
+    pub pool: RawPool,
+    #[serde(default = "d::max_fails")]
+    pub max_fails: u32,
+    #[serde(default = "d::fail_timeout")]
+    pub fail_timeout: Duration,
+    #[serde(default = "d::connect_attempts")]
+    pub connect_attempts: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    #[serde(default = "d::pool_max_idle")]
+    pub max_idle: u32,
+    #[serde(default = "d::pool_idle_timeout")]
+    pub idle_timeout: Duration,
+    #[serde(default = "d::pool_max_requests")]
+    pub max_requests: u32,
+}
+
+impl Default for RawPool {
+    fn default() -> Self {
+        Self {
+            max_idle: d::pool_max_idle(),
+            idle_timeout: d::pool_idle_timeout(),
+            max_requests: d::pool_max_requests(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: String,
+    #[serde(rename = "match", default)]
+    pub matcher: RawMatch,
+    pub proxy: Option<RawProxy>,
+    pub respond: Option<RawRespond>,
+    /// Overrides `limits.max_body_bytes` for this route.
+    pub max_body_bytes: Option<ByteSize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    pub host: Option<String>,
+    pub path: Option<String>,
+    pub prefix: Option<String>,
+    pub segment_prefix: Option<String>,
+    pub methods: Option<Vec<String>>,
+    #[serde(default)]
+    pub headers: Vec<RawHeaderMatch>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderMatch {
+    pub name: String,
+    /// Exact value; presence only when absent.
+    pub value: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxy {
+    pub cluster: String,
+    /// Replace the matched `prefix`/`segment_prefix` with this string ("" strips it).
+    pub rewrite_prefix: Option<String>,
+    /// Send this Host to the upstream instead of the client's.
+    pub host_rewrite: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRespond {
+    pub status: u16,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub body: String,
+}

@@ -1,0 +1,384 @@
+//! Raw config -> validated [`Config`]: every check that spans fields, resolves
+//! names, or compiles routes. Collects all problems instead of stopping at the
+//! first, so `ringgate check` shows an operator everything in one run.
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+
+use super::diagnostic::{ConfigError, Diagnostic, KeyPath, Locator};
+use super::raw::{BalancerKind, RawCluster, RawConfig, RawEndpoint, RawRoute, RawWorkers};
+use super::{ClusterConfig, Config, EndpointConfig, Limits, ListenerConfig, LogConfig, PoolConfig, Timeouts};
+use crate::http::head::{HeadLimits, Method, MAX_HEADERS_CAP};
+use crate::routing::{
+    Action, DirectResponse, HeaderMatch, HostMatch, MethodSet, PathMatch, ProxyAction, Route, Router,
+};
+
+/// Most workers any config may ask for.
+const MAX_WORKERS: i64 = 1024;
+
+struct Checker<'a> {
+    loc: Locator<'a>,
+    errors: Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, path: &KeyPath, message: impl Into<String>) {
+        let d = self.loc.at_path(path, message.into());
+        self.errors.push(d);
+    }
+}
+
+pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
+    let loc = Locator::new(file, text);
+    let raw: RawConfig = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            return Err(ConfigError { diagnostics: vec![loc.at_span(e.span(), e.message().to_string())] })
+        }
+    };
+    let mut c = Checker { loc, errors: Vec::new() };
+    let config = build(&mut c, raw);
+    if c.errors.is_empty() {
+        Ok(config)
+    } else {
+        c.errors.sort_by_key(|d| (d.line, d.column));
+        Err(ConfigError { diagnostics: c.errors })
+    }
+}
+
+fn build(c: &mut Checker<'_>, raw: RawConfig) -> Config {
+    let root = KeyPath::root();
+    let server = root.key("server");
+    let workers = match raw.server.workers {
+        RawWorkers::Named(_) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        RawWorkers::Count(n) if (1..=MAX_WORKERS).contains(&n) => n as usize,
+        RawWorkers::Count(n) => {
+            c.error(&server.key("workers"), format!("workers = {n} is not valid: use \"auto\" or 1..={MAX_WORKERS}"));
+            1
+        }
+    };
+    if !(8..=32768).contains(&raw.server.io_uring_entries) {
+        c.error(&server.key("io_uring_entries"), "io_uring_entries must be between 8 and 32768");
+    }
+
+    let t = &raw.timeouts;
+    let tp = root.key("timeouts");
+    for (key, d) in [
+        ("request_head", t.request_head),
+        ("request_body_idle", t.request_body_idle),
+        ("keepalive_idle", t.keepalive_idle),
+        ("upstream_connect", t.upstream_connect),
+        ("upstream_response_head", t.upstream_response_head),
+        ("upstream_idle", t.upstream_idle),
+    ] {
+        if d.0.is_zero() {
+            c.error(&tp.key(key), "must be greater than zero");
+        }
+    }
+    if raw.server.drain_timeout.0.is_zero() {
+        c.error(&server.key("drain_timeout"), "must be greater than zero");
+    }
+    let timeouts = Timeouts {
+        request_head: t.request_head.0,
+        request_body_idle: t.request_body_idle.0,
+        keepalive_idle: t.keepalive_idle.0,
+        upstream_connect: t.upstream_connect.0,
+        upstream_response_head: t.upstream_response_head.0,
+        upstream_idle: t.upstream_idle.0,
+    };
+
+    let lp = root.key("limits");
+    let l = &raw.limits;
+    if !(1024..=1 << 20).contains(&l.max_header_bytes.0) {
+        c.error(&lp.key("max_header_bytes"), "must be between 1KiB and 1MiB");
+    }
+    if l.max_request_line.0 < 64 || l.max_request_line.0 > l.max_header_bytes.0 {
+        c.error(&lp.key("max_request_line"), "must be at least 64 and at most limits.max_header_bytes");
+    }
+    if l.max_headers == 0 || l.max_headers as usize > MAX_HEADERS_CAP {
+        c.error(&lp.key("max_headers"), format!("must be between 1 and {MAX_HEADERS_CAP}"));
+    }
+    let limits = Limits {
+        head: HeadLimits {
+            max_request_line: l.max_request_line.0 as usize,
+            max_header_bytes: l.max_header_bytes.0 as usize,
+            max_headers: (l.max_headers as usize).clamp(1, MAX_HEADERS_CAP),
+        },
+        max_body_bytes: l.max_body_bytes.0,
+    };
+
+    let admin = if raw.admin.enabled {
+        parse_listen_addr(c, &root.key("admin").key("address"), &raw.admin.address)
+    } else {
+        None
+    };
+
+    if tracing_subscriber::EnvFilter::builder().parse(&raw.log.level).is_err() {
+        c.error(&root.key("log").key("level"), format!("{:?} is not a log level or filter", raw.log.level));
+    }
+    let log = LogConfig { level: raw.log.level.clone(), format: raw.log.format };
+
+    let mut listeners = Vec::new();
+    let mut names = HashSet::new();
+    if raw.listeners.is_empty() {
+        c.error(&root, "at least one [[listeners]] entry is required");
+    }
+    for (i, l) in raw.listeners.iter().enumerate() {
+        let p = root.key("listeners").index(i);
+        if !names.insert(l.name.as_str()) {
+            c.error(&p.key("name"), format!("duplicate listener name {:?}", l.name));
+        }
+        if l.max_connections == 0 {
+            c.error(&p.key("max_connections"), "must be at least 1");
+        }
+        if l.backlog == 0 {
+            c.error(&p.key("backlog"), "must be at least 1");
+        }
+        if let Some(address) = parse_listen_addr(c, &p.key("address"), &l.address) {
+            listeners.push(ListenerConfig {
+                name: l.name.clone(),
+                address,
+                max_connections: l.max_connections,
+                backlog: l.backlog,
+            });
+        }
+    }
+
+    let clusters: Vec<ClusterConfig> =
+        raw.clusters.iter().enumerate().map(|(i, rc)| cluster(c, &root.key("clusters").index(i), rc)).collect();
+    let mut cluster_names = HashSet::new();
+    for (i, cl) in clusters.iter().enumerate() {
+        if !cluster_names.insert(cl.name.as_str()) {
+            c.error(&root.key("clusters").index(i).key("name"), format!("duplicate cluster name {:?}", cl.name));
+        }
+    }
+
+    let mut routes = Vec::new();
+    let mut route_names = HashSet::new();
+    for (i, rr) in raw.routes.iter().enumerate() {
+        let p = root.key("routes").index(i);
+        if !route_names.insert(rr.name.as_str()) {
+            c.error(&p.key("name"), format!("duplicate route name {:?}", rr.name));
+        }
+        if let Some(r) = route(c, &p, rr, i, &clusters, limits.max_body_bytes) {
+            routes.push(r);
+        }
+    }
+
+    Config {
+        workers,
+        driver: raw.server.driver,
+        pin_workers: raw.server.pin_workers,
+        io_uring_entries: raw.server.io_uring_entries,
+        via: raw.server.via,
+        drain_timeout: raw.server.drain_timeout.0,
+        timeouts,
+        limits,
+        admin,
+        log,
+        listeners,
+        clusters,
+        router: Router::new(routes),
+    }
+}
+
+fn parse_listen_addr(c: &mut Checker<'_>, path: &KeyPath, text: &str) -> Option<SocketAddr> {
+    match text.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            c.error(path, format!("{text:?} is not an IP:port address (e.g. \"127.0.0.1:8080\", \"[::]:443\")"));
+            None
+        }
+    }
+}
+
+fn cluster(c: &mut Checker<'_>, p: &KeyPath, rc: &RawCluster) -> ClusterConfig {
+    if rc.endpoints.is_empty() {
+        c.error(&p.key("endpoints"), "a cluster needs at least one endpoint");
+    }
+    let mut endpoints = Vec::new();
+    for (i, e) in rc.endpoints.iter().enumerate() {
+        let ep = p.key("endpoints").index(i);
+        let (text, weight) = match e {
+            RawEndpoint::Address(a) => (a.as_str(), 1),
+            RawEndpoint::Weighted(w) => (w.address.as_str(), w.weight),
+        };
+        if !(1..=1000).contains(&weight) {
+            c.error(&ep.key("weight"), "weight must be between 1 and 1000");
+        }
+        // Names are resolved once, at load; a reload re-resolves them.
+        match text.to_socket_addrs().map(|mut a| a.next()) {
+            Ok(Some(address)) => endpoints.push(EndpointConfig { address, weight: weight.clamp(1, 1000) }),
+            Ok(None) | Err(_) => c.error(&ep, format!("{text:?} is not a resolvable host:port")),
+        }
+    }
+    let hash_header = match (&rc.hash_header, rc.balancer) {
+        (Some(h), BalancerKind::ConsistentHash) => {
+            if !is_token(h) {
+                c.error(&p.key("hash_header"), format!("{h:?} is not a valid header name"));
+            }
+            Some(h.to_ascii_lowercase().into_bytes().into_boxed_slice())
+        }
+        (Some(_), _) => {
+            c.error(&p.key("hash_header"), "hash_header only applies to balancer = \"consistent_hash\"");
+            None
+        }
+        (None, _) => None,
+    };
+    if rc.pool.max_requests == 0 {
+        c.error(&p.key("pool").key("max_requests"), "must be at least 1");
+    }
+    if rc.pool.idle_timeout.0.is_zero() {
+        c.error(&p.key("pool").key("idle_timeout"), "must be greater than zero");
+    }
+    if rc.connect_attempts == 0 {
+        c.error(&p.key("connect_attempts"), "must be at least 1");
+    }
+    ClusterConfig {
+        name: rc.name.clone(),
+        endpoints,
+        balancer: rc.balancer,
+        hash_header,
+        pool: PoolConfig {
+            max_idle: rc.pool.max_idle,
+            idle_timeout: rc.pool.idle_timeout.0,
+            max_requests: rc.pool.max_requests.max(1),
+        },
+        max_fails: rc.max_fails,
+        fail_timeout: rc.fail_timeout.0,
+        connect_attempts: rc.connect_attempts.max(1),
+    }
+}
+
+fn route(
+    c: &mut Checker<'_>,
+    p: &KeyPath,
+    rr: &RawRoute,
+    order: usize,
+    clusters: &[ClusterConfig],
+    default_body: u64,
+) -> Option<Route> {
+    let m = &rr.matcher;
+    let mp = p.key("match");
+    let host = match &m.host {
+        None => HostMatch::Any,
+        Some(h) => {
+            let lower = h.to_ascii_lowercase();
+            let (wild, name) = match lower.strip_prefix("*.") {
+                Some(rest) => (true, rest),
+                None => (false, lower.as_str()),
+            };
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b)) {
+                c.error(&mp.key("host"), format!("{h:?} is not a host name or \"*.suffix\" wildcard"));
+            }
+            if wild {
+                HostMatch::Suffix(format!(".{name}").into_bytes().into_boxed_slice())
+            } else {
+                HostMatch::Exact(name.as_bytes().into())
+            }
+        }
+    };
+    let path_kinds = [("path", &m.path), ("prefix", &m.prefix), ("segment_prefix", &m.segment_prefix)];
+    let given: Vec<_> = path_kinds.iter().filter(|(_, v)| v.is_some()).collect();
+    if given.len() > 1 {
+        c.error(&mp.key(given[1].0), "use only one of path, prefix and segment_prefix");
+    }
+    for (key, v) in path_kinds {
+        if let Some(v) = v {
+            if !v.starts_with('/') || v.bytes().any(|b| !b.is_ascii_graphic() || b == b'?') {
+                c.error(&mp.key(key), format!("{v:?} must start with '/' and hold no spaces, controls or '?'"));
+            }
+        }
+    }
+    let path = match (&m.path, &m.prefix, &m.segment_prefix) {
+        (Some(v), _, _) => PathMatch::Exact(v.as_bytes().into()),
+        (None, Some(v), _) => PathMatch::Prefix(v.as_bytes().into()),
+        (None, None, Some(v)) => PathMatch::SegmentPrefix(v.as_bytes().into()),
+        (None, None, None) => PathMatch::Any,
+    };
+    let mut methods = MethodSet::any();
+    for (i, name) in m.methods.iter().flatten().enumerate() {
+        match Method::from_config(name) {
+            Some(method) => methods.insert(method),
+            None => c.error(&mp.key("methods").index(i), format!("{name:?} is not an HTTP method (use upper case, e.g. \"GET\")")),
+        }
+    }
+    let mut headers = Vec::new();
+    for (i, h) in m.headers.iter().enumerate() {
+        if !is_token(&h.name) {
+            c.error(&mp.key("headers").index(i).key("name"), format!("{:?} is not a valid header name", h.name));
+        }
+        headers.push(HeaderMatch {
+            name: h.name.to_ascii_lowercase().into_bytes().into(),
+            value: h.value.as_ref().map(|v| v.as_bytes().into()),
+        });
+    }
+    let action = match (&rr.proxy, &rr.respond) {
+        (Some(_), Some(_)) | (None, None) => {
+            c.error(p, "a route needs exactly one of `proxy` or `respond`");
+            return None;
+        }
+        (Some(px), None) => {
+            let pp = p.key("proxy");
+            let Some(cluster) = clusters.iter().position(|cl| cl.name == px.cluster) else {
+                c.error(&pp.key("cluster"), format!("no cluster named {:?}", px.cluster));
+                return None;
+            };
+            if let Some(rw) = &px.rewrite_prefix {
+                if path.prefix_len() == 0 {
+                    c.error(&pp.key("rewrite_prefix"), "needs match.prefix or match.segment_prefix");
+                }
+                if !(rw.is_empty() || rw.starts_with('/')) || rw.bytes().any(|b| !b.is_ascii_graphic()) {
+                    c.error(&pp.key("rewrite_prefix"), format!("{rw:?} must be empty or start with '/'"));
+                }
+            }
+            if let Some(h) = &px.host_rewrite {
+                if h.is_empty() || h.bytes().any(|b| !b.is_ascii_graphic()) {
+                    c.error(&pp.key("host_rewrite"), format!("{h:?} is not a valid host"));
+                }
+            }
+            Action::Proxy(ProxyAction {
+                cluster,
+                rewrite_prefix: px.rewrite_prefix.as_ref().map(|s| s.as_bytes().into()),
+                host_rewrite: px.host_rewrite.as_ref().map(|s| s.as_bytes().into()),
+            })
+        }
+        (None, Some(rs)) => {
+            let rp = p.key("respond");
+            if !(200..=599).contains(&rs.status) {
+                c.error(&rp.key("status"), format!("{} is not a final status (200-599)", rs.status));
+            }
+            for (name, value) in &rs.headers {
+                let lower = name.to_ascii_lowercase();
+                if !is_token(name) || value.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
+                    c.error(&rp.key("headers").key(name), format!("{name:?} is not a valid header"));
+                } else if matches!(lower.as_str(), "content-length" | "transfer-encoding" | "connection" | "x-request-id") {
+                    c.error(&rp.key("headers").key(name), format!("{name} is set by the gateway"));
+                }
+            }
+            Action::Respond(DirectResponse {
+                status: rs.status,
+                headers: rs.headers.iter().map(|(k, v)| (k.as_str().into(), v.as_str().into())).collect(),
+                body: rs.body.as_bytes().into(),
+            })
+        }
+    };
+    Some(Route {
+        name: rr.name.as_str().into(),
+        host,
+        path,
+        methods,
+        headers: headers.into(),
+        action,
+        max_body_bytes: rr.max_body_bytes.map_or(default_body, |b| b.0),
+        order,
+    })
+}
+
+/// RFC 9110 5.6.2 token.
+fn is_token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+#[cfg(test)]
+mod tests;

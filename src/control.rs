@@ -1,0 +1,119 @@
+//! The control thread: binds sockets, starts the admin listener and the
+//! workers, then waits for signals. SIGHUP reloads the config (a bad file is
+//! refused and the running config keeps serving); SIGTERM/SIGINT drain and
+//! stop. Nothing here runs on the request path.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::worker::{self, Control, WorkerHandle};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Worker(String),
+}
+
+/// Runs the gateway until SIGTERM or SIGINT has drained it.
+///
+/// # Errors
+/// [`StartError`] when a socket cannot be bound or a worker cannot start.
+pub fn run(config_path: PathBuf, config: Config) -> Result<(), StartError> {
+    let config = Arc::new(config);
+    // Registered first, so a signal sent during start-up is not lost.
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+
+    let (per_worker, addresses) = worker::bind_listeners(&config)?;
+    for (l, address) in config.listeners.iter().zip(&addresses) {
+        tracing::info!(listener = %l.name, %address, "listening");
+    }
+    let state = Arc::new(AdminState::default());
+    if let Some(address) = config.admin {
+        let socket = admin::bind(address)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("admin listener cannot bind {address}: {e}")))?;
+        tracing::info!(address = %socket.local_addr()?, "admin listening");
+        admin::spawn(socket, state.clone())?;
+    }
+
+    let cores = if config.pin_workers { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
+    let (started_tx, started_rx) = mpsc::channel();
+    let mut handles: Vec<WorkerHandle> = Vec::with_capacity(config.workers);
+    for (id, listeners) in per_worker.into_iter().enumerate() {
+        let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
+        handles.push(worker::spawn(id, config.clone(), listeners, core, started_tx.clone())?);
+    }
+    drop(started_tx);
+    let mut drivers = Vec::with_capacity(handles.len());
+    for _ in 0..handles.len() {
+        match started_rx.recv() {
+            Ok(Ok(driver)) => drivers.push(driver),
+            Ok(Err(message)) => {
+                stop(handles);
+                return Err(StartError::Worker(message));
+            }
+            Err(_) => {
+                stop(handles);
+                return Err(StartError::Worker("a worker exited during start-up".into()));
+            }
+        }
+    }
+    let driver = drivers.first().map_or("none", |d| d.name());
+    tracing::info!(workers = handles.len(), driver, "ready");
+    state.ready.store(true, Ordering::Release);
+
+    let mut current = config;
+    for signal in signals.forever() {
+        match signal {
+            SIGHUP => reload(&config_path, &handles, &mut current),
+            _ => break,
+        }
+    }
+    tracing::info!(drain_timeout = ?current.drain_timeout, "shutting down: draining connections");
+    state.ready.store(false, Ordering::Release);
+    stop(handles);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn stop(handles: Vec<WorkerHandle>) {
+    for h in &handles {
+        let _ = h.control.send_blocking(Control::Shutdown);
+    }
+    for h in handles {
+        let _ = h.thread.join();
+    }
+}
+
+/// Loads the file again and hands the new snapshot to every worker.
+fn reload(path: &Path, handles: &[WorkerHandle], current: &mut Arc<Config>) {
+    let new = match Config::load(path) {
+        Ok(new) => new,
+        Err(e) => {
+            for d in &e.diagnostics {
+                tracing::error!("{d}");
+            }
+            tracing::error!("config reload refused; the running config keeps serving");
+            return;
+        }
+    };
+    let listeners_changed = new.listeners.len() != current.listeners.len()
+        || new.listeners.iter().zip(&current.listeners).any(|(a, b)| a.address != b.address || a.name != b.name);
+    if listeners_changed || new.workers != current.workers || new.admin != current.admin {
+        tracing::warn!("listeners, workers and admin address change only on restart; the rest is reloaded");
+    }
+    let new = Arc::new(new);
+    for h in handles {
+        let _ = h.control.send_blocking(Control::Reload(new.clone()));
+    }
+    *current = new;
+    tracing::info!(path = %path.display(), "config reloaded");
+}

@@ -1,0 +1,88 @@
+//! The gateway's error type and the ONE place an error becomes an HTTP status.
+//!
+//! Each variant says which side failed — the downstream client (4xx), the
+//! upstream (502/503/504) — and the status it maps to. The message is the
+//! public one: short, fixed, never carrying internal detail (addresses, OS
+//! errors, parser positions). Details go to the operational log instead.
+
+use crate::http::chunked::ChunkError;
+use crate::http::head::HeadError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    /// 400: the request violates HTTP/1.1 syntax or framing (client side).
+    #[error("bad request")]
+    BadRequest,
+    /// 404: no route matches (client side).
+    #[error("no route")]
+    NotFound,
+    /// 408: the request head or body did not arrive in time (client side).
+    #[error("request timeout")]
+    RequestTimeout,
+    /// 413: the body exceeds the route's `max_body_bytes` (client side).
+    #[error("payload too large")]
+    PayloadTooLarge,
+    /// 414: the request line exceeds `limits.max_request_line` (client side).
+    #[error("uri too long")]
+    UriTooLong,
+    /// 431: the head exceeds `limits.max_header_bytes` or `limits.max_headers` (client side).
+    #[error("request header fields too large")]
+    HeadersTooLarge,
+    /// 502: upstream refused, reset, closed early or sent an invalid response.
+    #[error("bad gateway")]
+    BadGateway,
+    /// 503: no usable endpoint in the cluster (all ejected).
+    #[error("service unavailable")]
+    Unavailable,
+    /// 504: upstream connect or response head timed out.
+    #[error("gateway timeout")]
+    GatewayTimeout,
+}
+
+impl GatewayError {
+    pub fn status(self) -> u16 {
+        match self {
+            GatewayError::BadRequest => 400,
+            GatewayError::NotFound => 404,
+            GatewayError::RequestTimeout => 408,
+            GatewayError::PayloadTooLarge => 413,
+            GatewayError::UriTooLong => 414,
+            GatewayError::HeadersTooLarge => 431,
+            GatewayError::BadGateway => 502,
+            GatewayError::Unavailable => 503,
+            GatewayError::GatewayTimeout => 504,
+        }
+    }
+
+    /// The short text put in the JSON body's `error` field.
+    pub fn public_message(self) -> &'static str {
+        match self {
+            GatewayError::BadRequest => "bad request",
+            GatewayError::NotFound => "no route matches this request",
+            GatewayError::RequestTimeout => "request timeout",
+            GatewayError::PayloadTooLarge => "request body too large",
+            GatewayError::UriTooLong => "request line too long",
+            GatewayError::HeadersTooLarge => "request header fields too large",
+            GatewayError::BadGateway => "upstream error",
+            GatewayError::Unavailable => "no upstream available",
+            GatewayError::GatewayTimeout => "upstream timeout",
+        }
+    }
+}
+
+impl From<HeadError> for GatewayError {
+    fn from(e: HeadError) -> Self {
+        match e {
+            HeadError::Malformed(_) => GatewayError::BadRequest,
+            HeadError::UriTooLong => GatewayError::UriTooLong,
+            HeadError::HeadersTooLarge => GatewayError::HeadersTooLarge,
+        }
+    }
+}
+
+impl From<ChunkError> for GatewayError {
+    /// A request body with bad chunking (the response side maps to 502 itself).
+    fn from(_: ChunkError) -> Self {
+        GatewayError::BadRequest
+    }
+}

@@ -1,0 +1,550 @@
+//! Forwarding a request to an upstream and streaming the response back.
+//!
+//! Steps: pick an endpoint -> take a pooled connection or connect -> write the
+//! rewritten request head -> stream the request body -> read the response
+//! head -> write the rewritten response head -> stream the response body ->
+//! return the connection to the pool when the exchange allows reuse.
+//!
+//! Header rewriting (RFC 9110 7.6): hop-by-hop fields (`Connection`,
+//! `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`,
+//! `Upgrade`, and every field `Connection` names) are removed both ways;
+//! framing fields are regenerated; `X-Forwarded-For` is appended to,
+//! `X-Forwarded-Proto`/`X-Forwarded-Host` are set; `X-Request-Id` is set on
+//! the request and the response.
+//!
+//! Failure mapping: connect refused/reset and invalid or truncated responses
+//! -> 502; connect and response-head timeouts -> 504; no usable endpoint ->
+//! 503. A reused pooled connection that turns out dead before any response
+//! byte is retried once on a fresh connection, but only for idempotent
+//! requests without a body; other requests only get pooled connections that
+//! passed a liveness check.
+
+use std::net::{IpAddr, SocketAddr};
+
+use monoio::time::Instant;
+
+use super::body::{self, BodyError, Encode};
+use super::conn::{respond_error, Downstream, Next};
+use super::head::{parse_response, trim, Framing, Method, Parse, RequestView, ResponseHead, Version};
+use super::io::{read_into, write_all, ReadError, Stream};
+use super::response::{push_u64, RequestId};
+use crate::error::GatewayError;
+use crate::routing::{ProxyAction, Route};
+use crate::upstream::{balancer, ConnectError, Endpoint, UpstreamConn};
+use crate::worker::{Snapshot, WorkerCtx};
+
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// Counts a request as outstanding on an endpoint for least-request.
+struct InFlight<'a>(&'a Endpoint);
+
+impl<'a> InFlight<'a> {
+    fn new(ep: &'a Endpoint) -> Self {
+        ep.in_flight.set(ep.in_flight.get() + 1);
+        Self(ep)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.set(self.0.in_flight.get() - 1);
+    }
+}
+
+/// Why an attempt on one upstream connection failed.
+enum Attempt {
+    /// Dead pooled connection before any response byte: try a fresh one.
+    Retry,
+    Fail(Next),
+}
+
+/// Forwards the request in `d` to the route's cluster.
+pub async fn forward<S: Stream>(
+    ctx: &WorkerCtx,
+    snap: &Snapshot,
+    d: &mut Downstream<S>,
+    route: &Route,
+    action: &ProxyAction,
+    id: &RequestId,
+) -> Next {
+    let cfg = &snap.config;
+    let cluster = &snap.upstreams.clusters[action.cluster];
+    let method = d.head.method;
+    let framing = d.head.framing;
+    let retryable = method.is_idempotent() && framing == Framing::Empty;
+    let no_body_keep = d.head.keep_alive && framing == Framing::Empty;
+    let key_hash = match cluster.balancer {
+        crate::upstream::Balancer::ConsistentHash { .. } => {
+            let view = d.view();
+            match &cluster.config.hash_header {
+                Some(name) => balancer::hash(view.header(name).unwrap_or_default()),
+                None => hash_ip(d.peer.ip()),
+            }
+        }
+        _ => 0,
+    };
+
+    // pick upstream: connect errors are always safe to retry elsewhere
+    let now = Instant::now();
+    let mut tried = 0u64;
+    let mut last = GatewayError::Unavailable;
+    let mut attempts = 0;
+    let (ep, mut up, mut reused) = loop {
+        let Some(i) = cluster.pick(key_hash, tried, now) else {
+            return respond_error(d, last, id, no_body_keep).await;
+        };
+        let ep = &cluster.endpoints[i];
+        if let Some(conn) = ep.take_idle(&cluster.config.pool, !retryable, now) {
+            break (ep, conn, true);
+        }
+        match ep.connect(&cluster.config, cfg.timeouts.upstream_connect).await {
+            Ok(conn) => break (ep, conn, false),
+            Err(e) => {
+                tracing::debug!(cluster = %cluster.config.name, endpoint = %ep.address, error = %e, "upstream connect failed");
+                last = match e {
+                    ConnectError::TimedOut => GatewayError::GatewayTimeout,
+                    ConnectError::Failed(_) => GatewayError::BadGateway,
+                    ConnectError::NoEndpoint => GatewayError::Unavailable,
+                };
+                tried |= 1u64.checked_shl(i as u32).unwrap_or(0);
+                attempts += 1;
+                if attempts >= cluster.config.connect_attempts {
+                    return respond_error(d, last, id, no_body_keep).await;
+                }
+            }
+        }
+    };
+    let _in_flight = InFlight::new(ep);
+
+    write_request_head(d, action, route.path.prefix_len(), cfg.via, ep.address, id);
+    d.consume_head();
+
+    loop {
+        match attempt(ctx, snap, d, route, ep, &mut up, id).await {
+            Ok((next, reusable)) => {
+                if reusable {
+                    ep.release(up, &cluster.config.pool);
+                }
+                return next;
+            }
+            Err(Attempt::Retry) if reused && retryable => {
+                match ep.connect(&cluster.config, cfg.timeouts.upstream_connect).await {
+                    Ok(conn) => {
+                        up = conn;
+                        reused = false;
+                    }
+                    Err(_) => return fail(d, GatewayError::BadGateway, id).await,
+                }
+            }
+            Err(Attempt::Retry) => return fail(d, GatewayError::BadGateway, id).await,
+            Err(Attempt::Fail(next)) => return next,
+        }
+    }
+}
+
+/// A gateway error after the request head was consumed: the request body
+/// state is unknown, so the connection closes.
+async fn fail<S: Stream>(d: &mut Downstream<S>, err: GatewayError, id: &RequestId) -> Next {
+    d.head.len = 0;
+    respond_error(d, err, id, false).await
+}
+
+/// One try of the exchange on one upstream connection. `d.wbuf` holds the
+/// upstream request head. On success, also says whether `up` may be pooled.
+async fn attempt<S: Stream>(
+    ctx: &WorkerCtx,
+    snap: &Snapshot,
+    d: &mut Downstream<S>,
+    route: &Route,
+    ep: &Endpoint,
+    up: &mut UpstreamConn,
+    id: &RequestId,
+) -> Result<(Next, bool), Attempt> {
+    let cfg = &snap.config;
+    let t = &cfg.timeouts;
+    let framing = d.head.framing;
+    let version = d.head.version;
+    let head_request = d.head.method == Method::Head;
+    up.requests += 1;
+    up.buf.clear();
+
+    // request head (kept in wbuf until written, for a retry)
+    let mut head = std::mem::take(&mut d.wbuf);
+    let sent = write_all(&mut up.stream, &mut head).await;
+    d.wbuf = head;
+    if sent.is_err() {
+        return Err(Attempt::Retry);
+    }
+
+    // request body
+    if framing != Framing::Empty {
+        if d.head.expect_continue {
+            let mut cont = CONTINUE.to_vec();
+            if write_all(&mut d.stream, &mut cont).await.is_err() {
+                return Err(Attempt::Fail(Next::Close));
+            }
+        }
+        let encode = if framing == Framing::Chunked { Encode::Chunked } else { Encode::Identity };
+        let mut src = super::io::Inbound { stream: &mut d.stream, buf: &mut d.rbuf, start: &mut d.start };
+        let result = body::copy(
+            &mut src,
+            &mut up.stream,
+            framing,
+            encode,
+            &mut d.scratch,
+            &mut d.decoder,
+            t.request_body_idle,
+            route.max_body_bytes,
+        )
+        .await;
+        if let Err(e) = result {
+            let err = match e {
+                BodyError::Sink(_) => GatewayError::BadGateway,
+                BodyError::Source(ReadError::TimedOut) => GatewayError::RequestTimeout,
+                BodyError::Invalid(_) => GatewayError::BadRequest,
+                BodyError::TooLarge => GatewayError::PayloadTooLarge,
+                BodyError::Source(ReadError::Io(_)) | BodyError::SourceClosed => {
+                    return Err(Attempt::Fail(Next::Close));
+                }
+            };
+            return Err(Attempt::Fail(fail(d, err, id).await));
+        }
+    }
+
+    // response head, skipping interim responses
+    let max_head = cfg.limits.head.max_header_bytes;
+    loop {
+        match read_response_head(up, &mut d.response, head_request, t.upstream_response_head, max_head).await {
+            Ok(()) => {}
+            Err(RespError::ClosedEarly) if framing == Framing::Empty => return Err(Attempt::Retry),
+            Err(e) => {
+                tracing::debug!(endpoint = %ep.address, error = e.as_str(), "upstream response failed");
+                let err = if matches!(e, RespError::TimedOut) {
+                    GatewayError::GatewayTimeout
+                } else {
+                    GatewayError::BadGateway
+                };
+                return Err(Attempt::Fail(fail(d, err, id).await));
+            }
+        }
+        let status = d.response.status;
+        if !(100..200).contains(&status) {
+            break;
+        }
+        if status == 101 {
+            // ringgate never forwards Upgrade, so a switch is a protocol error.
+            return Err(Attempt::Fail(fail(d, GatewayError::BadGateway, id).await));
+        }
+        // 100 was answered by the gateway itself; other 1xx go to 1.1 clients.
+        if status != 100 && version == Version::Http11 {
+            write_interim(&mut d.wbuf, &d.response, &up.buf);
+            if write_all(&mut d.stream, &mut d.wbuf).await.is_err() {
+                return Err(Attempt::Fail(Next::Close));
+            }
+        }
+        let len = d.response.len;
+        up.buf.drain(..len);
+    }
+
+    // response head to the client
+    let resp_framing = d.response.framing;
+    let encode = match (resp_framing, version) {
+        (Framing::Empty | Framing::Length(_), _) => Encode::Identity,
+        (_, Version::Http11) => Encode::Chunked,
+        (_, Version::Http10) => Encode::Raw,
+    };
+    let keep = d.head.keep_alive && encode != Encode::Raw && !ctx.drain.is_draining();
+    write_response_head(d, &up.buf, encode, keep, id, cfg.via, head_request);
+    if write_all(&mut d.stream, &mut d.wbuf).await.is_err() {
+        return Err(Attempt::Fail(Next::Close));
+    }
+
+    // response body
+    let mut up_start = d.response.len;
+    let mut src = super::io::Inbound { stream: &mut up.stream, buf: &mut up.buf, start: &mut up_start };
+    let result = body::copy(
+        &mut src,
+        &mut d.stream,
+        resp_framing,
+        encode,
+        &mut d.scratch,
+        &mut d.decoder,
+        t.upstream_idle,
+        u64::MAX,
+    )
+    .await;
+    if let Err(e) = result {
+        // The status is already sent: all that is left is to cut the
+        // connection so the client sees an incomplete body.
+        tracing::debug!(endpoint = %ep.address, error = %e, "response body aborted");
+        return Err(Attempt::Fail(Next::Close));
+    }
+
+    let reusable = d.response.keep_alive && resp_framing != Framing::UntilClose && up_start == up.buf.len();
+    if reusable {
+        up.buf.clear();
+    }
+    Ok((if keep { Next::KeepAlive } else { Next::Close }, reusable))
+}
+
+#[derive(Debug)]
+enum RespError {
+    /// The upstream closed before sending a byte (stale pooled connection).
+    ClosedEarly,
+    /// Closed in the middle of the head.
+    Truncated,
+    TimedOut,
+    Io,
+    Invalid,
+}
+
+impl RespError {
+    fn as_str(&self) -> &'static str {
+        match self {
+            RespError::ClosedEarly => "closed before responding",
+            RespError::Truncated => "closed inside the response head",
+            RespError::TimedOut => "response head timed out",
+            RespError::Io => "read error",
+            RespError::Invalid => "invalid response head",
+        }
+    }
+}
+
+/// Reads a complete response head into `up.buf` and parses it into `resp`.
+async fn read_response_head(
+    up: &mut UpstreamConn,
+    resp: &mut ResponseHead,
+    head_request: bool,
+    timeout: std::time::Duration,
+    max_head: usize,
+) -> Result<(), RespError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if !up.buf.is_empty() {
+            match parse_response(&up.buf, max_head, head_request, resp) {
+                Ok(Parse::Complete) => return Ok(()),
+                Ok(Parse::Partial) => {}
+                Err(_) => return Err(RespError::Invalid),
+            }
+        }
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match monoio::time::timeout(wait, read_into(&mut up.stream, &mut up.buf)).await {
+            Ok(Ok(0)) if up.buf.is_empty() => return Err(RespError::ClosedEarly),
+            Ok(Ok(0)) => return Err(RespError::Truncated),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if up.buf.is_empty() && is_reset(&e) => return Err(RespError::ClosedEarly),
+            Ok(Err(_)) => return Err(RespError::Io),
+            Err(_) => return Err(RespError::TimedOut),
+        }
+    }
+}
+
+fn is_reset(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe)
+}
+
+fn hash_ip(ip: IpAddr) -> u64 {
+    match ip {
+        IpAddr::V4(v4) => balancer::hash(&v4.octets()),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => balancer::hash(&v4.octets()),
+            None => balancer::hash(&v6.octets()),
+        },
+    }
+}
+
+/// RFC 9110 7.6.1 hop-by-hop fields (lowercase).
+const HOP_BY_HOP: [&[u8]; 7] =
+    [b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"];
+
+/// True when a field must not be forwarded: hop-by-hop, or named by a
+/// `Connection` field of the same message.
+fn is_hop_by_hop<'a>(name: &[u8], mut connection_values: impl Iterator<Item = &'a [u8]>) -> bool {
+    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+        || connection_values.any(|v| v.split(|&b| b == b',').any(|t| trim(t).eq_ignore_ascii_case(name)))
+}
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    use std::io::Write;
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "{ip}");
+}
+
+/// Renders the upstream request head into `d.wbuf`.
+fn write_request_head<S: Stream>(
+    d: &mut Downstream<S>,
+    action: &ProxyAction,
+    prefix_len: usize,
+    via: bool,
+    endpoint: SocketAddr,
+    id: &RequestId,
+) {
+    let view = RequestView { head: &d.head, buf: &d.rbuf[d.start..] };
+    let out = &mut d.wbuf;
+    out.clear();
+    out.extend_from_slice(view.method_bytes());
+    out.push(b' ');
+    let path = view.path();
+    let target_start = out.len();
+    match &action.rewrite_prefix {
+        Some(new_prefix) => {
+            let rest = &path[prefix_len.min(path.len())..];
+            out.extend_from_slice(new_prefix);
+            let rest = if new_prefix.ends_with(b"/") { rest.strip_prefix(b"/").unwrap_or(rest) } else { rest };
+            out.extend_from_slice(rest);
+        }
+        None => out.extend_from_slice(path),
+    }
+    // origin-form always starts with "/" (absolute-form may carry no path).
+    if out.get(target_start) != Some(&b'/') && path != b"*" {
+        out.insert(target_start, b'/');
+    }
+    out.extend_from_slice(view.query());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+
+    let client_host = view.host();
+    match (&action.host_rewrite, client_host) {
+        (Some(h), _) => push_header(out, b"host", h),
+        (None, Some(h)) if !h.is_empty() => push_header(out, b"host", h),
+        (None, _) => {
+            use std::io::Write;
+            let _ = write!(out, "host: {endpoint}\r\n");
+        }
+    }
+
+    let headers = &view.head.headers;
+    let named = |name: &'static [u8]| {
+        headers.iter().filter(move |h| h.name.get(view.buf).eq_ignore_ascii_case(name)).map(|h| h.value.get(view.buf))
+    };
+    for h in headers {
+        let name = h.name.get(view.buf);
+        if is_hop_by_hop(name, named(b"connection"))
+            || GATEWAY_SET_REQUEST.iter().any(|n| name.eq_ignore_ascii_case(n))
+        {
+            continue;
+        }
+        push_header(out, name, h.value.get(view.buf));
+    }
+    // X-Forwarded-For: the client's list (several fields are one list, RFC
+    // 9110 5.3) followed by the peer address.
+    out.extend_from_slice(b"x-forwarded-for: ");
+    for v in named(b"x-forwarded-for") {
+        out.extend_from_slice(v);
+        out.extend_from_slice(b", ");
+    }
+    push_ip(out, d.peer.ip());
+    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
+    if let Some(h) = client_host {
+        push_header(out, b"x-forwarded-host", h);
+    }
+    push_header(out, b"x-request-id", id.as_bytes());
+    match view.head.framing {
+        Framing::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            push_u64(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Empty | Framing::UntilClose => {}
+    }
+    if via {
+        out.extend_from_slice(b"via: 1.1 ringgate\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Request fields the gateway writes itself (or handles: `Expect`).
+const GATEWAY_SET_REQUEST: [&[u8]; 7] = [
+    b"host",
+    b"content-length",
+    b"expect",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"x-request-id",
+];
+
+/// Response fields the gateway writes itself.
+const GATEWAY_SET_RESPONSE: [&[u8]; 2] = [b"content-length", b"x-request-id"];
+
+/// Copies the response's end-to-end fields into `out`.
+fn copy_response_fields(out: &mut Vec<u8>, resp: &ResponseHead, buf: &[u8], keep_length: bool) {
+    let named = |name: &'static [u8]| {
+        resp.headers.iter().filter(move |h| h.name.get(buf).eq_ignore_ascii_case(name)).map(|h| h.value.get(buf))
+    };
+    for h in &resp.headers {
+        let name = h.name.get(buf);
+        if is_hop_by_hop(name, named(b"connection")) {
+            continue;
+        }
+        let is_length = name.eq_ignore_ascii_case(b"content-length");
+        if (is_length && !keep_length) || (!is_length && GATEWAY_SET_RESPONSE.iter().any(|n| name.eq_ignore_ascii_case(n))) {
+            continue;
+        }
+        push_header(out, name, h.value.get(buf));
+    }
+}
+
+/// Renders an interim (1xx) response for the client.
+fn write_interim(out: &mut Vec<u8>, resp: &ResponseHead, buf: &[u8]) {
+    out.clear();
+    super::response::status_line(out, resp.status);
+    copy_response_fields(out, resp, buf, false);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Renders the response head for the client into `d.wbuf`.
+fn write_response_head<S: Stream>(
+    d: &mut Downstream<S>,
+    up_buf: &[u8],
+    encode: Encode,
+    keep: bool,
+    id: &RequestId,
+    via: bool,
+    head_request: bool,
+) {
+    let resp = &d.response;
+    let out = &mut d.wbuf;
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_u64(out, u64::from(resp.status));
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.get(up_buf));
+    out.extend_from_slice(b"\r\n");
+    // A HEAD or 304 response's Content-Length describes the representation,
+    // not this message: pass it on as is (RFC 9110 8.6).
+    let bodiless_meta = head_request || resp.status == 304;
+    copy_response_fields(out, resp, up_buf, bodiless_meta);
+    match (resp.framing, encode) {
+        (Framing::Length(n), _) => {
+            out.extend_from_slice(b"content-length: ");
+            push_u64(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        (Framing::Chunked | Framing::UntilClose, Encode::Chunked) => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+        _ => {}
+    }
+    push_header(out, b"x-request-id", id.as_bytes());
+    if via {
+        out.extend_from_slice(b"via: 1.1 ringgate\r\n");
+    }
+    match (keep, d.head.version) {
+        (false, _) => out.extend_from_slice(b"connection: close\r\n"),
+        (true, Version::Http10) => out.extend_from_slice(b"connection: keep-alive\r\n"),
+        (true, Version::Http11) => {}
+    }
+    out.extend_from_slice(b"\r\n");
+}

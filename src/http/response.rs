@@ -1,0 +1,238 @@
+//! Responses the gateway writes itself: errors (small JSON bodies carrying the
+//! request id), direct-response routes, and the request id itself.
+//!
+//! Everything is rendered into the connection's reusable write buffer with
+//! `itoa`-style formatting; no per-response `String` or `format!`.
+
+use std::cell::Cell;
+
+use crate::error::GatewayError;
+use crate::routing::DirectResponse;
+
+/// Longest request id accepted from a client (see `head::valid_request_id`).
+pub const MAX_REQUEST_ID: usize = 128;
+
+/// A request id, on the stack.
+#[derive(Clone, Copy)]
+pub struct RequestId {
+    bytes: [u8; MAX_REQUEST_ID],
+    len: u8,
+}
+
+impl RequestId {
+    pub fn from_client(id: &[u8]) -> Self {
+        let mut bytes = [0u8; MAX_REQUEST_ID];
+        let len = id.len().min(MAX_REQUEST_ID);
+        bytes[..len].copy_from_slice(&id[..len]);
+        Self { bytes, len: len as u8 }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+/// Per-worker request id source: 16 hex digits that differ per worker and per
+/// process start, then a 16-hex-digit counter. Unique without coordination.
+pub struct RequestIds {
+    prefix: u64,
+    next: Cell<u64>,
+}
+
+impl RequestIds {
+    pub fn new(worker: usize) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let seed = format!("{nanos}:{}:{worker}", std::process::id());
+        Self { prefix: crate::upstream::balancer::hash(seed.as_bytes()), next: Cell::new(0) }
+    }
+
+    pub fn generate(&self) -> RequestId {
+        let n = self.next.get();
+        self.next.set(n.wrapping_add(1));
+        let mut bytes = [0u8; MAX_REQUEST_ID];
+        hex16(&mut bytes[..16], self.prefix);
+        hex16(&mut bytes[16..32], n);
+        RequestId { bytes, len: 32 }
+    }
+}
+
+fn hex16(out: &mut [u8], v: u64) {
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = b"0123456789abcdef"[((v >> (60 - 4 * i)) & 0xf) as usize];
+    }
+}
+
+/// Appends a decimal number.
+pub fn push_u64(out: &mut Vec<u8>, v: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = v;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Reason phrase for the statuses the gateway produces or relays.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        101 => "Switching Protocols",
+        103 => "Early Hints",
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        206 => "Partial Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        415 => "Unsupported Media Type",
+        421 => "Misdirected Request",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Status",
+    }
+}
+
+/// Writes the status line (`HTTP/1.1 404 Not Found\r\n`).
+pub fn status_line(out: &mut Vec<u8>, status: u16) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_u64(out, u64::from(status));
+    out.push(b' ');
+    out.extend_from_slice(reason(status).as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Connection handling named on a gateway-made response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnHeader {
+    /// Nothing (HTTP/1.1 keep-alive is the default).
+    None,
+    Close,
+    /// HTTP/1.0 client that asked for keep-alive.
+    KeepAlive,
+}
+
+fn connection(out: &mut Vec<u8>, conn: ConnHeader) {
+    match conn {
+        ConnHeader::None => {}
+        ConnHeader::Close => out.extend_from_slice(b"connection: close\r\n"),
+        ConnHeader::KeepAlive => out.extend_from_slice(b"connection: keep-alive\r\n"),
+    }
+}
+
+/// Renders a complete error response:
+/// `{"error":"...","status":N,"request_id":"..."}`.
+pub fn render_error(out: &mut Vec<u8>, err: GatewayError, id: &RequestId, conn: ConnHeader) {
+    let status = err.status();
+    let msg = err.public_message().as_bytes();
+    let id = id.as_bytes();
+    // The body's fixed parts plus the three values; all ASCII needing no escape.
+    let body_len = br#"{"error":"","status":,"request_id":""}"#.len() + msg.len() + 3 + id.len();
+    out.clear();
+    status_line(out, status);
+    out.extend_from_slice(b"content-type: application/json\r\ncontent-length: ");
+    push_u64(out, body_len as u64);
+    out.extend_from_slice(b"\r\nx-request-id: ");
+    out.extend_from_slice(id);
+    out.extend_from_slice(b"\r\n");
+    connection(out, conn);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(br#"{"error":""#);
+    out.extend_from_slice(msg);
+    out.extend_from_slice(br#"","status":"#);
+    push_u64(out, u64::from(status));
+    out.extend_from_slice(br#","request_id":""#);
+    out.extend_from_slice(id);
+    out.extend_from_slice(br#""}"#);
+}
+
+/// Renders a direct-response route's response. `head_only` for HEAD requests.
+pub fn render_direct(out: &mut Vec<u8>, d: &DirectResponse, id: &RequestId, conn: ConnHeader, head_only: bool) {
+    out.clear();
+    status_line(out, d.status);
+    for (name, value) in d.headers.iter() {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if d.status != 204 && d.status != 304 {
+        out.extend_from_slice(b"content-length: ");
+        push_u64(out, d.body.len() as u64);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"x-request-id: ");
+    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    connection(out, conn);
+    out.extend_from_slice(b"\r\n");
+    if !head_only && d.status != 204 && d.status != 304 {
+        out.extend_from_slice(&d.body);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_body_is_json_with_exact_length() {
+        let ids = RequestIds::new(3);
+        let id = ids.generate();
+        let mut out = Vec::new();
+        render_error(&mut out, GatewayError::NotFound, &id, ConnHeader::Close);
+        let text = String::from_utf8(out).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 404 Not Found\r\n"));
+        assert!(head.contains(&format!("content-length: {}\r\n", body.len())));
+        assert!(head.contains("connection: close"));
+        let id = String::from_utf8(id.as_bytes().to_vec()).unwrap();
+        assert_eq!(
+            body,
+            format!(r#"{{"error":"no route matches this request","status":404,"request_id":"{id}"}}"#)
+        );
+    }
+
+    #[test]
+    fn ids_are_unique_and_hex() {
+        let ids = RequestIds::new(0);
+        let a = ids.generate();
+        let b = ids.generate();
+        assert_ne!(a.as_bytes(), b.as_bytes());
+        assert_eq!(a.as_bytes().len(), 32);
+        assert!(a.as_bytes().iter().all(u8::is_ascii_hexdigit));
+    }
+
+    #[test]
+    fn numbers() {
+        let mut out = Vec::new();
+        push_u64(&mut out, 0);
+        out.push(b' ');
+        push_u64(&mut out, u64::MAX);
+        assert_eq!(out, b"0 18446744073709551615");
+    }
+}

@@ -1,0 +1,31 @@
+//! ringgate: a thread-per-core io_uring API gateway.
+//!
+//! # Layout
+//! - `config`: TOML -> raw serde types -> validation -> immutable `Config`.
+//! - `control`: the control thread: start-up, signals, reload, shutdown.
+//! - `worker`: one pinned thread per core with its monoio runtime, listeners,
+//!   per-core state, drain.
+//! - `http`: the request pipeline (`conn`), strict head parsing (`head`),
+//!   chunked coding (`chunked`), body streaming (`body`), forwarding
+//!   (`proxy`), gateway-made responses (`response`).
+//! - `routing`: the compiled route table.
+//! - `upstream`: clusters, balancers, keep-alive pools, passive health.
+//! - `admin`: the admin listener (`/healthz`, `/readyz`).
+//! - `observability`: operational logging.
+//! - `error`: the gateway error and its one mapping to HTTP statuses.
+//! - `sys`: the single place with `unsafe` (a socket peek).
+//!
+//! docs/DESIGN.md draws how these fit together.
+
+#![deny(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod control;
+pub mod error;
+pub mod http;
+pub mod observability;
+pub mod routing;
+mod sys;
+pub mod upstream;
+pub mod worker;

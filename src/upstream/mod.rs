@@ -1,0 +1,200 @@
+//! Upstream clusters as one worker sees them: endpoints, balancer, keep-alive
+//! pool and passive health. Everything here is per worker (`Cell`/`RefCell`,
+//! no locks): a pooled connection is only ever used by the core that opened it.
+//!
+//! - `balancer.rs`: round-robin, weighted, least-request (P2C), consistent hash.
+//! - this file: [`Upstreams`] (all clusters), [`Endpoint`] (pool + health),
+//!   [`UpstreamConn`] (a connection and its read buffer).
+
+pub mod balancer;
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+
+use monoio::net::TcpStream;
+use monoio::time::Instant;
+
+use crate::config::{ClusterConfig, Config, PoolConfig};
+pub use balancer::Balancer;
+
+/// Initial read buffer of an upstream connection: one response head plus the
+/// first body bytes usually fit.
+const UPSTREAM_BUF: usize = 16 * 1024;
+
+/// A connection to an endpoint with the buffer its responses are read into.
+pub struct UpstreamConn {
+    pub stream: TcpStream,
+    pub buf: Vec<u8>,
+    /// Requests already sent on this connection.
+    pub requests: u32,
+    idle_since: Instant,
+}
+
+/// One endpoint of a cluster, as seen by one worker.
+pub struct Endpoint {
+    pub address: SocketAddr,
+    /// Idle keep-alive connections, most recently used last (LIFO keeps the
+    /// warmest connection busy and lets the rest time out).
+    idle: RefCell<Vec<UpstreamConn>>,
+    /// Requests this worker has outstanding on this endpoint (least-request).
+    pub in_flight: Cell<u32>,
+    /// Consecutive connect failures.
+    fails: Cell<u32>,
+    /// Ejected until then after `max_fails` consecutive failures.
+    down_until: Cell<Option<Instant>>,
+    /// Connections this worker opened to the endpoint (tests and metrics).
+    pub opened: Cell<u64>,
+    pub reused: Cell<u64>,
+}
+
+/// A cluster as seen by one worker.
+pub struct Cluster {
+    pub config: ClusterConfig,
+    pub endpoints: Box<[Endpoint]>,
+    pub balancer: Balancer,
+}
+
+/// All clusters of one config snapshot, for one worker.
+pub struct Upstreams {
+    pub clusters: Box<[Cluster]>,
+}
+
+/// Why no connection could be had; each maps to one status.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// 503: every endpoint is ejected or was already tried.
+    #[error("no usable endpoint")]
+    NoEndpoint,
+    /// 502: refused, reset, unreachable.
+    #[error("connect failed: {0}")]
+    Failed(io::Error),
+    /// 504: `timeouts.upstream_connect` passed.
+    #[error("connect timed out")]
+    TimedOut,
+}
+
+impl Upstreams {
+    /// Per-worker state for a config; `seed` decorrelates workers' balancers.
+    pub fn new(config: &Config, seed: u64) -> Self {
+        let clusters = config
+            .clusters
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Cluster {
+                balancer: Balancer::new(c.balancer, &c.endpoints, seed.wrapping_add(i as u64)),
+                endpoints: c
+                    .endpoints
+                    .iter()
+                    .map(|e| Endpoint {
+                        address: e.address,
+                        idle: RefCell::new(Vec::new()),
+                        in_flight: Cell::new(0),
+                        fails: Cell::new(0),
+                        down_until: Cell::new(None),
+                        opened: Cell::new(0),
+                        reused: Cell::new(0),
+                    })
+                    .collect(),
+                config: c.clone(),
+            })
+            .collect();
+        Self { clusters }
+    }
+}
+
+impl Cluster {
+    /// Picks a usable endpoint not in `tried` (a bitmask of endpoint indexes;
+    /// endpoints past 63 are never excluded, only retried less cleverly).
+    pub fn pick(&self, key_hash: u64, tried: u64, now: Instant) -> Option<usize> {
+        let usable = |i: usize| {
+            let e = &self.endpoints[i];
+            (i >= 64 || tried & (1 << i) == 0) && e.down_until.get().is_none_or(|t| now >= t)
+        };
+        self.balancer.pick(self.endpoints.len(), usable, |i| self.endpoints[i].in_flight.get(), key_hash)
+    }
+}
+
+impl Endpoint {
+    /// A pooled connection, or `None` when the pool has none worth using.
+    /// With `verify`, connections the upstream has closed (or that hold
+    /// unexpected bytes) are detected with one non-blocking peek and dropped:
+    /// used for requests that cannot be retried safely.
+    pub fn take_idle(&self, pool: &PoolConfig, verify: bool, now: Instant) -> Option<UpstreamConn> {
+        let mut idle = self.idle.borrow_mut();
+        while let Some(conn) = idle.pop() {
+            if now.saturating_duration_since(conn.idle_since) >= pool.idle_timeout {
+                // The rest are older still.
+                idle.clear();
+                return None;
+            }
+            if verify && !crate::sys::socket_is_quiet(conn.stream.as_raw_fd()) {
+                continue;
+            }
+            self.reused.set(self.reused.get() + 1);
+            return Some(conn);
+        }
+        None
+    }
+
+    /// Opens a new connection within `timeout`, recording health.
+    ///
+    /// # Errors
+    /// [`ConnectError::Failed`] or [`ConnectError::TimedOut`]; both count
+    /// towards ejection.
+    pub async fn connect(
+        &self,
+        cluster: &ClusterConfig,
+        timeout: std::time::Duration,
+    ) -> Result<UpstreamConn, ConnectError> {
+        let result = monoio::time::timeout(timeout, TcpStream::connect_addr(self.address)).await;
+        let outcome = match result {
+            Ok(Ok(stream)) => {
+                // Small request and response heads must not wait for Nagle.
+                let _ = stream.set_nodelay(true);
+                Ok(UpstreamConn {
+                    stream,
+                    buf: Vec::with_capacity(UPSTREAM_BUF),
+                    requests: 0,
+                    idle_since: Instant::now(),
+                })
+            }
+            Ok(Err(e)) => Err(ConnectError::Failed(e)),
+            Err(_) => Err(ConnectError::TimedOut),
+        };
+        match &outcome {
+            Ok(_) => {
+                self.fails.set(0);
+                self.opened.set(self.opened.get() + 1);
+            }
+            Err(_) => {
+                let fails = self.fails.get() + 1;
+                self.fails.set(fails);
+                if cluster.max_fails > 0 && fails >= cluster.max_fails {
+                    self.down_until.set(Some(Instant::now() + cluster.fail_timeout));
+                    self.fails.set(0);
+                }
+            }
+        }
+        outcome
+    }
+
+    /// Returns a connection after a complete exchange that allows reuse.
+    pub fn release(&self, mut conn: UpstreamConn, pool: &PoolConfig) {
+        if conn.requests >= pool.max_requests || !conn.buf.is_empty() {
+            return;
+        }
+        let mut idle = self.idle.borrow_mut();
+        if idle.len() >= pool.max_idle as usize {
+            return;
+        }
+        conn.idle_since = Instant::now();
+        idle.push(conn);
+    }
+
+    /// Closes every idle connection (drain, reload).
+    pub fn close_idle(&self) {
+        self.idle.borrow_mut().clear();
+    }
+}

@@ -1,0 +1,281 @@
+//! Workers: one OS thread per core, pinned, each with its own monoio runtime,
+//! its own `SO_REUSEPORT` listener sockets, upstream pools and caches.
+//!
+//! Per-core state lives in [`WorkerCtx`] behind `Rc`/`Cell`/`RefCell`: nothing
+//! in it is shared with another thread. The only cross-thread inputs are the
+//! immutable `Arc<Config>` snapshot and [`Control`] messages from the control
+//! thread (reload, shutdown), received off the request path.
+//!
+//! - `drain.rs`: graceful-shutdown signal and per-worker connection slots.
+
+mod drain;
+
+use std::cell::RefCell;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use monoio::net::TcpListener;
+use monoio::time::Instant;
+use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
+
+pub use drain::{ConnSlots, Drain, DrainGuard};
+
+use crate::config::{Config, DriverChoice, ListenerConfig};
+use crate::http::conn::serve;
+use crate::http::response::RequestIds;
+use crate::upstream::Upstreams;
+
+/// What a worker serves from: the config and the upstream state built for it.
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    pub upstreams: Upstreams,
+}
+
+/// Everything one worker owns.
+pub struct WorkerCtx {
+    pub id: usize,
+    snapshot: RefCell<Rc<Snapshot>>,
+    pub request_ids: RequestIds,
+    pub drain: Drain,
+    /// All connections of this worker (drain waits for zero).
+    pub conns: ConnSlots,
+}
+
+impl WorkerCtx {
+    pub fn new(id: usize, config: Arc<Config>) -> Self {
+        let upstreams = Upstreams::new(&config, id as u64);
+        Self {
+            id,
+            snapshot: RefCell::new(Rc::new(Snapshot { config, upstreams })),
+            request_ids: RequestIds::new(id),
+            drain: Drain::default(),
+            conns: ConnSlots::default(),
+        }
+    }
+
+    /// The current snapshot; requests hold it from head to end of response.
+    pub fn snapshot(&self) -> Rc<Snapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    /// Installs a new config. In-flight requests finish on the old snapshot,
+    /// whose pools close when the last of them is done.
+    pub fn install(&self, config: Arc<Config>) {
+        let upstreams = Upstreams::new(&config, self.id as u64);
+        *self.snapshot.borrow_mut() = Rc::new(Snapshot { config, upstreams });
+    }
+}
+
+/// Messages from the control thread.
+#[derive(Debug)]
+pub enum Control {
+    Reload(Arc<Config>),
+    Shutdown,
+}
+
+/// The event loop a worker runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    IoUring,
+    Epoll,
+}
+
+impl Driver {
+    pub fn name(self) -> &'static str {
+        match self {
+            Driver::IoUring => "io_uring",
+            Driver::Epoll => "epoll",
+        }
+    }
+}
+
+/// One listener socket of one worker.
+pub struct BoundListener {
+    pub config: ListenerConfig,
+    pub socket: std::net::TcpListener,
+}
+
+/// Binds `workers` sockets per configured listener with `SO_REUSEPORT`. The
+/// first socket resolves port 0, the rest bind the port it got, so every
+/// worker accepts on the same address. Returns `[worker][listener]` and the
+/// bound address of each listener.
+///
+/// # Errors
+/// The bind error, naming the listener.
+pub fn bind_listeners(config: &Config) -> io::Result<(Vec<Vec<BoundListener>>, Vec<SocketAddr>)> {
+    let mut per_worker: Vec<Vec<BoundListener>> = (0..config.workers).map(|_| Vec::new()).collect();
+    let mut addresses = Vec::new();
+    for l in &config.listeners {
+        let mut address = l.address;
+        for sockets in per_worker.iter_mut() {
+            let socket = bind_one(address, l.backlog).map_err(|e| {
+                io::Error::new(e.kind(), format!("listener {:?} cannot bind {}: {e}", l.name, l.address))
+            })?;
+            address = socket.local_addr()?;
+            sockets.push(BoundListener { config: l.clone(), socket });
+        }
+        addresses.push(address);
+    }
+    Ok((per_worker, addresses))
+}
+
+fn bind_one(address: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    // Accepted sockets inherit it: small heads must not wait for Nagle.
+    socket.set_tcp_nodelay(true)?;
+    if address.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    Ok(socket.into())
+}
+
+/// A started worker.
+pub struct WorkerHandle {
+    pub thread: JoinHandle<()>,
+    pub control: async_channel::Sender<Control>,
+}
+
+/// Starts worker `id` on its own thread. `started` receives the driver it
+/// runs on, or the error that stopped it from starting.
+///
+/// # Errors
+/// The thread could not be spawned.
+pub fn spawn(
+    id: usize,
+    config: Arc<Config>,
+    listeners: Vec<BoundListener>,
+    core: Option<core_affinity::CoreId>,
+    started: mpsc::Sender<Result<Driver, String>>,
+) -> io::Result<WorkerHandle> {
+    let (tx, rx) = async_channel::unbounded();
+    let thread = std::thread::Builder::new().name(format!("ringgate-w{id}")).spawn(move || {
+        if let Some(core) = core {
+            if !core_affinity::set_for_current(core) {
+                tracing::warn!(worker = id, core = core.id, "could not pin worker to its core");
+            }
+        }
+        let driver = config.driver;
+        let entries = config.io_uring_entries;
+        let run = |d: Driver| run(id, config.clone(), listeners, rx, started.clone(), d);
+        let result = match driver {
+            DriverChoice::Epoll => legacy_runtime().map(|mut rt| rt.block_on(run(Driver::Epoll))),
+            DriverChoice::IoUring => uring_runtime(entries).map(|mut rt| rt.block_on(run(Driver::IoUring))),
+            DriverChoice::Auto => {
+                let uring = if monoio::utils::detect_uring() { uring_runtime(entries).ok() } else { None };
+                match uring {
+                    Some(mut rt) => Ok(rt.block_on(run(Driver::IoUring))),
+                    None => {
+                        if id == 0 {
+                            tracing::warn!("io_uring is not available here; workers use the epoll driver");
+                        }
+                        legacy_runtime().map(|mut rt| rt.block_on(run(Driver::Epoll)))
+                    }
+                }
+            }
+        };
+        if let Err(e) = result {
+            let _ = started.send(Err(format!("worker {id}: cannot start its runtime: {e}")));
+        }
+    })?;
+    Ok(WorkerHandle { thread, control: tx })
+}
+
+fn uring_runtime(entries: u32) -> io::Result<monoio::Runtime<monoio::time::TimeDriver<IoUringDriver>>> {
+    RuntimeBuilder::<IoUringDriver>::new().with_entries(entries).enable_timer().build()
+}
+
+fn legacy_runtime() -> io::Result<monoio::Runtime<monoio::time::TimeDriver<LegacyDriver>>> {
+    RuntimeBuilder::<LegacyDriver>::new().enable_timer().build()
+}
+
+/// The worker's main task: accept loops, control messages, drain.
+async fn run(
+    id: usize,
+    config: Arc<Config>,
+    listeners: Vec<BoundListener>,
+    control: async_channel::Receiver<Control>,
+    started: mpsc::Sender<Result<Driver, String>>,
+    driver: Driver,
+) {
+    let drain_timeout = config.drain_timeout;
+    let ctx = Rc::new(WorkerCtx::new(id, config));
+    for l in listeners {
+        let listener = match TcpListener::from_std(l.socket) {
+            Ok(listener) => listener,
+            Err(e) => {
+                let _ = started.send(Err(format!("worker {id}: listener {:?}: {e}", l.config.name)));
+                return;
+            }
+        };
+        monoio::spawn(accept_loop(ctx.clone(), listener, l.config.max_connections as usize));
+    }
+    let _ = started.send(Ok(driver));
+
+    let mut drain_timeout = drain_timeout;
+    loop {
+        match control.recv().await {
+            Ok(Control::Reload(config)) => {
+                drain_timeout = config.drain_timeout;
+                ctx.install(config);
+            }
+            Ok(Control::Shutdown) | Err(_) => break,
+        }
+    }
+
+    // Drain: stop accepting, close idle connections, let requests finish.
+    ctx.drain.start();
+    let idle_pools = ctx.snapshot();
+    for cluster in idle_pools.upstreams.clusters.iter() {
+        cluster.endpoints.iter().for_each(|e| e.close_idle());
+    }
+    drop(idle_pools);
+    let finished = monoio::time::timeout(drain_timeout, ctx.conns.below(1)).await;
+    if finished.is_err() {
+        tracing::warn!(worker = id, open = ctx.conns.active(), "drain timeout passed; closing remaining connections");
+    }
+}
+
+/// Accepts connections on one listener while the worker has slots for them.
+async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener, max_connections: usize) {
+    let slots = Rc::new(ConnSlots::default());
+    let drain = ctx.drain.register();
+    loop {
+        // At the limit, stop accepting: new connections wait in the backlog.
+        monoio::select! {
+            _ = slots.below(max_connections) => {}
+            _ = drain.wait() => return,
+        }
+        let accepted = monoio::select! {
+            r = listener.accept() => r,
+            _ = drain.wait() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let accepted_at = Instant::now();
+                slots.acquire();
+                ctx.conns.acquire();
+                let (ctx, slots) = (ctx.clone(), slots.clone());
+                monoio::spawn(async move {
+                    serve(ctx.clone(), stream, peer, accepted_at).await;
+                    slots.release();
+                    ctx.conns.release();
+                });
+            }
+            Err(e) => {
+                // EMFILE and the like: back off instead of spinning.
+                tracing::warn!(worker = ctx.id, error = %e, "accept failed");
+                monoio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
