@@ -35,6 +35,10 @@ use crate::worker::{Snapshot, WorkerCtx};
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
+/// Response bodies up to this size that arrived with their head are written
+/// together with the head.
+const SMALL_BODY: u64 = 64 * 1024;
+
 /// Counts a request as outstanding on an endpoint for least-request.
 struct InFlight<'a>(&'a Endpoint);
 
@@ -255,12 +259,22 @@ async fn attempt<S: Stream>(
     };
     let keep = d.head.keep_alive && encode != Encode::Raw && !ctx.drain.is_draining();
     write_response_head(d, &up.buf, encode, keep, id, cfg.via, head_request);
+    let mut up_start = d.response.len;
+    // A body that has fully arrived with the head leaves in the same write:
+    // one syscall for a small response instead of two.
+    if let Framing::Length(n) = resp_framing {
+        let body = &up.buf[up_start..];
+        if body.len() as u64 >= n && n <= SMALL_BODY {
+            d.wbuf.extend_from_slice(&body[..n as usize]);
+            up_start += n as usize;
+        }
+    }
     if write_all(&mut d.stream, &mut d.wbuf).await.is_err() {
         return Err(Attempt::Fail(Next::Close));
     }
+    let resp_framing = if up_start > d.response.len { Framing::Empty } else { resp_framing };
 
     // response body
-    let mut up_start = d.response.len;
     let mut src = super::io::Inbound { stream: &mut up.stream, buf: &mut up.buf, start: &mut up_start };
     let result = body::copy(
         &mut src,

@@ -237,6 +237,8 @@ pub enum Reply {
     Generated { len: u64 },
     /// A raw response written as is, then the connection stays open.
     Raw(Vec<u8>),
+    /// A raw response, then the connection is closed (whatever it said).
+    RawThenClose(Vec<u8>),
     /// Close the connection without answering.
     Close,
     /// Never answer (until the test ends).
@@ -359,6 +361,7 @@ impl Upstream {
 }
 
 fn serve_upstream(stream: TcpStream, conn: usize, st: &UpState) {
+    stream.set_nodelay(true).unwrap();
     let mut reader = BufReader::with_capacity(64 * 1024, stream.try_clone().unwrap());
     let mut out = stream;
     loop {
@@ -520,6 +523,10 @@ fn write_reply(out: &mut TcpStream, reply: Reply) -> bool {
             true
         }
         Reply::Raw(bytes) => out.write_all(&bytes).is_ok(),
+        Reply::RawThenClose(bytes) => {
+            let _ = out.write_all(&bytes);
+            false
+        }
         Reply::Close => false,
         Reply::Hang => {
             let mut sink = [0u8; 1024];
