@@ -38,18 +38,32 @@ pub fn run(config_path: PathBuf, config: Config) -> Result<(), StartError> {
     }
     let state = Arc::new(AdminState::default());
     if let Some(address) = config.admin {
-        let socket = admin::bind(address)
-            .map_err(|e| std::io::Error::new(e.kind(), format!("admin listener cannot bind {address}: {e}")))?;
+        let socket = admin::bind(address).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("admin listener cannot bind {address}: {e}"),
+            )
+        })?;
         tracing::info!(address = %socket.local_addr()?, "admin listening");
         admin::spawn(socket, state.clone())?;
     }
 
-    let cores = if config.pin_workers { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
+    let cores = if config.pin_workers {
+        core_affinity::get_core_ids().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     let (started_tx, started_rx) = mpsc::channel();
     let mut handles: Vec<WorkerHandle> = Vec::with_capacity(config.workers);
     for (id, listeners) in per_worker.into_iter().enumerate() {
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
-        handles.push(worker::spawn(id, config.clone(), listeners, core, started_tx.clone())?);
+        handles.push(worker::spawn(
+            id,
+            config.clone(),
+            listeners,
+            core,
+            started_tx.clone(),
+        )?);
     }
     drop(started_tx);
     let mut drivers = Vec::with_capacity(handles.len());
@@ -106,9 +120,15 @@ fn reload(path: &Path, handles: &[WorkerHandle], current: &mut Arc<Config>) {
         }
     };
     let listeners_changed = new.listeners.len() != current.listeners.len()
-        || new.listeners.iter().zip(&current.listeners).any(|(a, b)| a.address != b.address || a.name != b.name);
+        || new
+            .listeners
+            .iter()
+            .zip(&current.listeners)
+            .any(|(a, b)| a.address != b.address || a.name != b.name);
     if listeners_changed || new.workers != current.workers || new.admin != current.admin {
-        tracing::warn!("listeners, workers and admin address change only on restart; the rest is reloaded");
+        tracing::warn!(
+            "listeners, workers and admin address change only on restart; the rest is reloaded"
+        );
     }
     let new = Arc::new(new);
     for h in handles {

@@ -9,7 +9,11 @@ use ringgate::config::Config;
 const DEFAULT_CONFIG: &str = "config/ringgate.toml";
 
 #[derive(Parser)]
-#[command(name = "ringgate", version, about = "A thread-per-core io_uring API gateway")]
+#[command(
+    name = "ringgate",
+    version,
+    about = "A thread-per-core io_uring API gateway"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -14,7 +14,12 @@ pub fn socket_is_quiet(fd: RawFd) -> bool {
     // the call, and `byte` is a valid, writable 1-byte buffer. MSG_DONTWAIT
     // makes the call non-blocking whatever the socket's mode.
     let n = unsafe {
-        libc::recv(fd, byte.as_mut_ptr().cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+        libc::recv(
+            fd,
+            byte.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
     };
     if n < 0 {
         let err = std::io::Error::last_os_error().raw_os_error();

@@ -21,10 +21,21 @@ fn setup(driver: &str, extra: &str) -> (Upstream, Gateway) {
 fn refused(gw: &Gateway, raw: &[u8], status: u16) {
     let mut c = Client::connect(gw.main());
     c.send(raw);
-    let r = c.read_response_to(false).unwrap_or_else(|| panic!("no response to {:?}", String::from_utf8_lossy(raw)));
+    let r = c
+        .read_response_to(false)
+        .unwrap_or_else(|| panic!("no response to {:?}", String::from_utf8_lossy(raw)));
     assert_json_error(&r, status);
-    assert_eq!(r.header("connection"), Some("close"), "{:?}", String::from_utf8_lossy(raw));
-    assert!(c.is_closed(), "connection must close after {:?}", String::from_utf8_lossy(raw));
+    assert_eq!(
+        r.header("connection"),
+        Some("close"),
+        "{:?}",
+        String::from_utf8_lossy(raw)
+    );
+    assert!(
+        c.is_closed(),
+        "connection must close after {:?}",
+        String::from_utf8_lossy(raw)
+    );
 }
 
 const SMUGGLING: &[&[u8]] = &[
@@ -58,7 +69,11 @@ fn smuggling_vectors_get_400_close_and_reach_nothing() {
         for raw in SMUGGLING {
             refused(&gw, raw, 400);
         }
-        assert_eq!(up.connections(), 0, "{driver}: the upstream must not even be connected to");
+        assert_eq!(
+            up.connections(),
+            0,
+            "{driver}: the upstream must not even be connected to"
+        );
     }
 }
 
@@ -85,12 +100,23 @@ fn limits_answer_414_431_413() {
     let (up, gw) = setup("io_uring", "");
     let long_line = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(300));
     refused(&gw, long_line.as_bytes(), 414);
-    let big_head = format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n", "b".repeat(3000));
+    let big_head = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(3000)
+    );
     refused(&gw, big_head.as_bytes(), 431);
     let many: String = (0..20).map(|i| format!("X-{i}: v\r\n")).collect();
-    refused(&gw, format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n").as_bytes(), 431);
+    refused(
+        &gw,
+        format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n").as_bytes(),
+        431,
+    );
     // Decided from Content-Length before reading the body.
-    refused(&gw, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1025\r\n\r\n", 413);
+    refused(
+        &gw,
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1025\r\n\r\n",
+        413,
+    );
     // Chunked bodies are counted as they stream.
     let mut chunked = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     for _ in 0..3 {
@@ -119,7 +145,8 @@ fn per_route_body_limit_overrides_the_global_one() {
     );
     let gw = Gateway::start(&config("io_uring", &body));
     let post = |path: &str, n: usize| {
-        let mut raw = format!("POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: {n}\r\n\r\n").into_bytes();
+        let mut raw =
+            format!("POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: {n}\r\n\r\n").into_bytes();
         raw.extend(std::iter::repeat_n(b'z', n));
         let mut c = Client::connect(gw.main());
         c.send(&raw);
@@ -139,13 +166,19 @@ fn chunked_with_trailers_both_ways() {
             chunks: vec![b"hello ".to_vec(), b"world".to_vec()],
             trailers: vec![("x-checksum".into(), "abc".into())],
         });
-        let gw = Gateway::start(&config(driver, &format!("{}{}", cluster("c", &[&up], ""), route_all("c"))));
+        let gw = Gateway::start(&config(
+            driver,
+            &format!("{}{}", cluster("c", &[&up], ""), route_all("c")),
+        ));
         let mut c = Client::connect(gw.main());
         c.send(b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n4;name=value\r\nwiki\r\n5\r\npedia\r\n0\r\nX-Sum: 42\r\n\r\n");
         let r = c.read_response();
         assert_eq!(r.text(), "hello world", "{driver}");
         assert_eq!(r.header("transfer-encoding"), Some("chunked"));
-        assert_eq!(r.trailers, vec![("x-checksum".to_string(), "abc".to_string())]);
+        assert_eq!(
+            r.trailers,
+            vec![("x-checksum".to_string(), "abc".to_string())]
+        );
         let rec = &up.requests()[0];
         assert!(rec.chunked);
         assert_eq!(rec.body, b"wikipedia");
@@ -160,8 +193,14 @@ fn chunked_with_trailers_both_ways() {
 
 #[test]
 fn close_delimited_upstream_body_is_chunked_for_11_clients() {
-    let up = Upstream::new(Reply::UntilClose { status: 200, body: b"streamed until close".to_vec() });
-    let gw = Gateway::start(&config("io_uring", &format!("{}{}", cluster("c", &[&up], ""), route_all("c"))));
+    let up = Upstream::new(Reply::UntilClose {
+        status: 200,
+        body: b"streamed until close".to_vec(),
+    });
+    let gw = Gateway::start(&config(
+        "io_uring",
+        &format!("{}{}", cluster("c", &[&up], ""), route_all("c")),
+    ));
     let mut c = Client::connect(gw.main());
     let r = c.request("GET / HTTP/1.1\r\nHost: a\r\n\r\n");
     assert_eq!(r.header("transfer-encoding"), Some("chunked"));
@@ -181,9 +220,16 @@ fn invalid_upstream_responses_are_502() {
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
     ] {
         let up = Upstream::new(Reply::Raw(raw.to_vec()));
-        let gw = Gateway::start(&config("io_uring", &format!("{}{}", cluster("c", &[&up], ""), route_all("c"))));
+        let gw = Gateway::start(&config(
+            "io_uring",
+            &format!("{}{}", cluster("c", &[&up], ""), route_all("c")),
+        ));
         let r = get(gw.main(), "/");
         assert_json_error(&r, 502);
-        assert!(!r.text().contains("127.0.0.1"), "no internal detail: {}", r.text());
+        assert!(
+            !r.text().contains("127.0.0.1"),
+            "no internal detail: {}",
+            r.text()
+        );
     }
 }

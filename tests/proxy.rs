@@ -5,7 +5,14 @@ mod common;
 use common::*;
 
 fn gateway(driver: &str, up: &Upstream, extra_routes: &str) -> Gateway {
-    Gateway::start(&config(driver, &format!("{}{extra_routes}{}", cluster("c", &[up], ""), route_all("c"))))
+    Gateway::start(&config(
+        driver,
+        &format!(
+            "{}{extra_routes}{}",
+            cluster("c", &[up], ""),
+            route_all("c")
+        ),
+    ))
 }
 
 #[test]
@@ -20,7 +27,10 @@ fn forwards_request_and_response_on_both_drivers() {
         assert_eq!((r.status, r.text().as_str()), (201, "created"), "{driver}");
         assert_eq!(r.header("x-up"), Some("1"));
         let rec = &up.requests()[0];
-        assert_eq!((rec.method.as_str(), rec.target.as_str()), ("POST", "/items?id=7"));
+        assert_eq!(
+            (rec.method.as_str(), rec.target.as_str()),
+            ("POST", "/items?id=7")
+        );
         assert_eq!(rec.body, b"hello");
         assert_eq!(rec.header("host"), Some("shop.test"));
         assert_eq!(rec.header("x-custom"), Some("a"));
@@ -32,7 +42,13 @@ fn forwards_request_and_response_on_both_drivers() {
 fn hop_by_hop_headers_are_removed_both_ways() {
     let up = Upstream::new(Reply::status(
         200,
-        &[("connection", "x-secret-resp"), ("x-secret-resp", "1"), ("keep-alive", "timeout=5"), ("upgrade", "h2c"), ("x-fine", "y")],
+        &[
+            ("connection", "x-secret-resp"),
+            ("x-secret-resp", "1"),
+            ("keep-alive", "timeout=5"),
+            ("upgrade", "h2c"),
+            ("x-fine", "y"),
+        ],
         "ok",
     ));
     let gw = gateway("io_uring", &up, "");
@@ -42,19 +58,39 @@ fn hop_by_hop_headers_are_removed_both_ways() {
     );
     assert_eq!(r.status, 200);
     let rec = &up.requests()[0];
-    for h in ["connection", "x-drop-me", "keep-alive", "te", "upgrade", "proxy-connection", "trailer"] {
-        assert_eq!(rec.header(h), None, "request header {h} must not reach the upstream");
+    for h in [
+        "connection",
+        "x-drop-me",
+        "keep-alive",
+        "te",
+        "upgrade",
+        "proxy-connection",
+        "trailer",
+    ] {
+        assert_eq!(
+            rec.header(h),
+            None,
+            "request header {h} must not reach the upstream"
+        );
     }
     assert_eq!(rec.header("x-keep"), Some("2"));
     for h in ["x-secret-resp", "keep-alive", "upgrade", "connection"] {
-        assert_eq!(r.header(h), None, "response header {h} must not reach the client");
+        assert_eq!(
+            r.header(h),
+            None,
+            "response header {h} must not reach the client"
+        );
     }
     assert_eq!(r.header("x-fine"), Some("y"));
 }
 
 #[test]
 fn forwarding_headers_and_request_id() {
-    let up = Upstream::new(Reply::status(200, &[("x-request-id", "from-upstream")], "ok"));
+    let up = Upstream::new(Reply::status(
+        200,
+        &[("x-request-id", "from-upstream")],
+        "ok",
+    ));
     let gw = gateway("io_uring", &up, "");
     // Generated when absent, the same on request and response.
     let r = request(gw.main(), "GET / HTTP/1.1\r\nHost: api.test:8080\r\n\r\n");
@@ -75,10 +111,20 @@ fn forwarding_headers_and_request_id() {
     let rec = &up.requests()[1];
     assert_eq!(rec.header("x-request-id"), Some("client-42"));
     assert_eq!(rec.header_count("x-forwarded-for"), 1);
-    assert_eq!(rec.header("x-forwarded-for"), Some("203.0.113.9, 10.0.0.1, 127.0.0.1"));
-    assert_eq!(rec.header("x-forwarded-proto"), Some("http"), "client copy replaced");
+    assert_eq!(
+        rec.header("x-forwarded-for"),
+        Some("203.0.113.9, 10.0.0.1, 127.0.0.1")
+    );
+    assert_eq!(
+        rec.header("x-forwarded-proto"),
+        Some("http"),
+        "client copy replaced"
+    );
     // Unsafe client ids are replaced by a generated one.
-    let r = request(gw.main(), "GET / HTTP/1.1\r\nHost: h\r\nX-Request-Id: <script>\r\n\r\n");
+    let r = request(
+        gw.main(),
+        "GET / HTTP/1.1\r\nHost: h\r\nX-Request-Id: <script>\r\n\r\n",
+    );
     assert_eq!(r.header("x-request-id").unwrap().len(), 32);
 }
 
@@ -120,18 +166,40 @@ respond = { status = 308, headers = { "location" = "/new" } }
     );
     let gw = Gateway::start(&config("io_uring", &body));
     let host_get = |host: &str, path: &str| {
-        request(gw.main(), &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n"))
+        request(
+            gw.main(),
+            &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+        )
     };
     assert_eq!(host_get("a.example.com", "/api/users?x=1").text(), "api");
-    assert_eq!(api.requests()[0].target, "/users?x=1", "prefix stripped, query kept");
+    assert_eq!(
+        api.requests()[0].target,
+        "/users?x=1",
+        "prefix stripped, query kept"
+    );
     assert_eq!(host_get("a.example.com", "/api").text(), "api");
-    assert_eq!(api.requests()[1].target, "/", "stripping everything leaves /");
+    assert_eq!(
+        api.requests()[1].target,
+        "/",
+        "stripping everything leaves /"
+    );
     assert_eq!(host_get("a.example.com", "/api/v2/items").text(), "v2");
     assert_eq!(v2.requests()[0].target, "/internal/items");
     assert_eq!(v2.requests()[0].header("host"), Some("v2.svc"));
-    assert_eq!(v2.requests()[0].header("x-forwarded-host"), Some("a.example.com"));
-    assert_eq!(host_get("a.example.com", "/apix").text(), "web", "segment-aware prefix");
-    assert_eq!(host_get("other.org", "/api/users").text(), "web", "host condition");
+    assert_eq!(
+        v2.requests()[0].header("x-forwarded-host"),
+        Some("a.example.com")
+    );
+    assert_eq!(
+        host_get("a.example.com", "/apix").text(),
+        "web",
+        "segment-aware prefix"
+    );
+    assert_eq!(
+        host_get("other.org", "/api/users").text(),
+        "web",
+        "host condition"
+    );
 
     let r = host_get("x", "/healthz");
     assert_eq!((r.status, r.text().as_str()), (200, "up\n"));
@@ -141,7 +209,10 @@ respond = { status = 308, headers = { "location" = "/new" } }
     assert_eq!((r.status, r.header("content-length")), (200, Some("3")));
     assert_eq!(host_get("x", "/old").header("location"), Some("/new"));
     // POST /healthz is not the health route (methods) and falls to web.
-    let r = request(gw.main(), "POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+    let r = request(
+        gw.main(),
+        "POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    );
     assert_eq!(r.text(), "web");
     assert_eq!(web.request_count(), 3);
 }
@@ -159,7 +230,11 @@ fn no_route_is_404_json_and_keeps_the_connection() {
 
 #[test]
 fn http10_clients() {
-    let up = Upstream::new(Reply::Chunked { status: 200, chunks: vec![b"ab".to_vec(), b"cd".to_vec()], trailers: vec![] });
+    let up = Upstream::new(Reply::Chunked {
+        status: 200,
+        chunks: vec![b"ab".to_vec(), b"cd".to_vec()],
+        trailers: vec![],
+    });
     let gw = gateway("io_uring", &up, "");
     // 1.0 without Host, no keep-alive: the chunked upstream body is decoded
     // and delimited by close.
@@ -167,7 +242,11 @@ fn http10_clients() {
     c.send(b"GET /x HTTP/1.0\r\n\r\n");
     let r = c.read_response();
     assert_eq!((r.status, r.text().as_str()), (200, "abcd"));
-    assert_eq!(r.header("transfer-encoding"), None, "no chunked to a 1.0 client");
+    assert_eq!(
+        r.header("transfer-encoding"),
+        None,
+        "no chunked to a 1.0 client"
+    );
     assert_eq!(r.header("connection"), Some("close"));
     assert!(c.is_closed());
     let rec = &up.requests()[0];
@@ -188,13 +267,19 @@ fn http10_clients() {
 fn head_204_304_have_no_body() {
     let up = Upstream::with(|r| match r.target.as_str() {
         "/204" => Reply::status(204, &[], ""),
-        "/304" => Reply::Raw(b"HTTP/1.1 304 Not Modified\r\ncontent-length: 99\r\netag: \"x\"\r\n\r\n".to_vec()),
+        "/304" => Reply::Raw(
+            b"HTTP/1.1 304 Not Modified\r\ncontent-length: 99\r\netag: \"x\"\r\n\r\n".to_vec(),
+        ),
         _ => Reply::Raw(b"HTTP/1.1 200 OK\r\ncontent-length: 1234\r\n\r\n".to_vec()),
     });
     let gw = gateway("io_uring", &up, "");
     let mut c = Client::connect(gw.main());
     let r = c.request("HEAD /head HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert_eq!((r.status, r.header("content-length")), (200, Some("1234")), "HEAD keeps the length");
+    assert_eq!(
+        (r.status, r.header("content-length")),
+        (200, Some("1234")),
+        "HEAD keeps the length"
+    );
     let r = c.request("GET /204 HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(r.status, 204);
     let r = c.request("GET /304 HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -202,7 +287,11 @@ fn head_204_304_have_no_body() {
     // The connection is still in sync: a body-less response consumed nothing.
     let r = c.request("HEAD /head HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(r.status, 200);
-    assert_eq!(up.connections(), 1, "upstream connection reused across all four");
+    assert_eq!(
+        up.connections(),
+        1,
+        "upstream connection reused across all four"
+    );
 }
 
 #[test]
@@ -213,7 +302,10 @@ fn expect_100_continue() {
     c.send(b"PUT /f HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n");
     let mut line = String::new();
     std::io::BufRead::read_line(&mut c.reader, &mut line).unwrap();
-    assert_eq!(line, "HTTP/1.1 100 Continue\r\n", "gateway invites the body");
+    assert_eq!(
+        line, "HTTP/1.1 100 Continue\r\n",
+        "gateway invites the body"
+    );
     let mut blank = String::new();
     std::io::BufRead::read_line(&mut c.reader, &mut blank).unwrap();
     c.send(b"data");
@@ -221,7 +313,11 @@ fn expect_100_continue() {
     assert_eq!(r.text(), "got it");
     let rec = &up.requests()[0];
     assert_eq!(rec.body, b"data");
-    assert_eq!(rec.header("expect"), None, "expectation handled by the gateway");
+    assert_eq!(
+        rec.header("expect"),
+        None,
+        "expectation handled by the gateway"
+    );
 }
 
 #[test]
@@ -269,7 +365,10 @@ fn works_with_a_real_http_client() {
         let r = agent.get(&format!("{base}/n/{i}")).call().unwrap();
         assert_eq!(r.into_string().unwrap(), format!("GET /n/{i}"));
     }
-    let r = agent.post(&format!("{base}/p")).send_string("payload").unwrap();
+    let r = agent
+        .post(&format!("{base}/p"))
+        .send_string("payload")
+        .unwrap();
     assert_eq!(r.into_string().unwrap(), "POST /p");
     assert_eq!(up.requests().last().unwrap().body, b"payload");
 }

@@ -27,10 +27,22 @@ fn plain(_: usize) -> String {
 
 #[test]
 fn round_robin_is_even() {
-    let ups = [Upstream::named("a"), Upstream::named("b"), Upstream::named("c")];
-    let gw = one_worker(&format!("{}{}", cluster("c", &[&ups[0], &ups[1], &ups[2]], ""), route_all("c")));
+    let ups = [
+        Upstream::named("a"),
+        Upstream::named("b"),
+        Upstream::named("c"),
+    ];
+    let gw = one_worker(&format!(
+        "{}{}",
+        cluster("c", &[&ups[0], &ups[1], &ups[2]], ""),
+        route_all("c")
+    ));
     let counts = tally(&gw, 300, plain);
-    assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![100; 3], "{counts:?}");
+    assert_eq!(
+        counts.values().copied().collect::<Vec<_>>(),
+        vec![100; 3],
+        "{counts:?}"
+    );
 }
 
 #[test]
@@ -60,8 +72,13 @@ impl Arrivals {
 
     fn wait_for(&self, n: usize) -> &'static str {
         let (lock, cv) = &*self.0;
-        let (list, timeout) = cv.wait_timeout_while(lock.lock().unwrap(), WAIT, |l| l.len() < n).unwrap();
-        assert!(!timeout.timed_out(), "request {n} never reached an upstream");
+        let (list, timeout) = cv
+            .wait_timeout_while(lock.lock().unwrap(), WAIT, |l| l.len() < n)
+            .unwrap();
+        assert!(
+            !timeout.timed_out(),
+            "request {n} never reached an upstream"
+        );
         list[n - 1]
     }
 }
@@ -81,7 +98,11 @@ fn least_request_avoids_the_busy_endpoint() {
         a.record("fast");
         Reply::ok("fast")
     });
-    let gw = one_worker(&format!("{}{}", cluster("c", &[&slow, &fast], "balancer = \"least_request\""), route_all("c")));
+    let gw = one_worker(&format!(
+        "{}{}",
+        cluster("c", &[&slow, &fast], "balancer = \"least_request\""),
+        route_all("c")
+    ));
     // Send requests one by one until one is parked on "slow".
     let mut parked = None;
     for n in 1.. {
@@ -103,12 +124,20 @@ fn least_request_avoids_the_busy_endpoint() {
 
 #[test]
 fn consistent_hash_is_sticky_per_key() {
-    let ups = [Upstream::named("a"), Upstream::named("b"), Upstream::named("c")];
+    let ups = [
+        Upstream::named("a"),
+        Upstream::named("b"),
+        Upstream::named("c"),
+    ];
     let gw = Gateway::start(&config(
         "io_uring",
         &format!(
             "{}{}",
-            cluster("c", &[&ups[0], &ups[1], &ups[2]], "balancer = \"consistent_hash\"\nhash_header = \"x-user\""),
+            cluster(
+                "c",
+                &[&ups[0], &ups[1], &ups[2]],
+                "balancer = \"consistent_hash\"\nhash_header = \"x-user\""
+            ),
             route_all("c")
         ),
     ));
@@ -118,7 +147,10 @@ fn consistent_hash_is_sticky_per_key() {
         for user in 0..60 {
             // A new connection each time: whichever worker takes it, the key
             // maps to the same endpoint.
-            let r = request(gw.main(), &format!("GET / HTTP/1.1\r\nHost: x\r\nX-User: u{user}\r\n\r\n"));
+            let r = request(
+                gw.main(),
+                &format!("GET / HTTP/1.1\r\nHost: x\r\nX-User: u{user}\r\n\r\n"),
+            );
             let name = r.text();
             if round == 0 {
                 *spread.entry(name.clone()).or_default() += 1;
@@ -128,26 +160,41 @@ fn consistent_hash_is_sticky_per_key() {
             }
         }
     }
-    assert_eq!(spread.len(), 3, "keys spread over all endpoints: {spread:?}");
+    assert_eq!(
+        spread.len(),
+        3,
+        "keys spread over all endpoints: {spread:?}"
+    );
 }
 
 #[test]
 fn keep_alive_is_reused_on_both_sides() {
     for driver in DRIVERS {
         let up = Upstream::new(Reply::ok("pong"));
-        let gw = Gateway::start(&config(driver, &format!("{}{}", cluster("c", &[&up], ""), route_all("c"))));
+        let gw = Gateway::start(&config(
+            driver,
+            &format!("{}{}", cluster("c", &[&up], ""), route_all("c")),
+        ));
         let mut clients: Vec<Client> = (0..4).map(|_| Client::connect(gw.main())).collect();
         for _ in 0..50 {
             for c in &mut clients {
-                assert_eq!(c.request("GET / HTTP/1.1\r\nHost: x\r\n\r\n").text(), "pong");
+                assert_eq!(
+                    c.request("GET / HTTP/1.1\r\nHost: x\r\n\r\n").text(),
+                    "pong"
+                );
             }
         }
         // 200 requests over 4 client connections; each worker keeps at most
         // as many upstream connections as it ran requests at once (4 clients).
         assert_eq!(up.request_count(), 200);
-        assert!(up.connections() <= 4, "{driver}: {} upstream connections for 200 requests", up.connections());
+        assert!(
+            up.connections() <= 4,
+            "{driver}: {} upstream connections for 200 requests",
+            up.connections()
+        );
         // Requests were spread over upstream connections without new ones.
-        let conns: std::collections::HashSet<usize> = up.requests().iter().map(|r| r.conn).collect();
+        let conns: std::collections::HashSet<usize> =
+            up.requests().iter().map(|r| r.conn).collect();
         assert_eq!(conns.len(), up.connections());
     }
 }
@@ -158,18 +205,38 @@ fn pooled_connection_closed_by_upstream_is_not_fatal() {
     // then closes: the next request finds a dead pooled socket.
     let closer = Upstream::with(|r| {
         let body = format!("{} {}", r.method, r.target);
-        Reply::RawThenClose(format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len()).into_bytes())
+        Reply::RawThenClose(
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes(),
+        )
     });
-    let gw = one_worker(&format!("{}{}", cluster("c", &[&closer], ""), route_all("c")));
+    let gw = one_worker(&format!(
+        "{}{}",
+        cluster("c", &[&closer], ""),
+        route_all("c")
+    ));
     let mut c = Client::connect(gw.main());
     for i in 0..5 {
         // Idempotent without body: retried on a fresh connection if needed.
-        assert_eq!(c.request(&format!("GET /g{i} HTTP/1.1\r\nHost: x\r\n\r\n")).text(), format!("GET /g{i}"));
+        assert_eq!(
+            c.request(&format!("GET /g{i} HTTP/1.1\r\nHost: x\r\n\r\n"))
+                .text(),
+            format!("GET /g{i}")
+        );
         // Not retryable: the dead pooled connection is detected before use.
-        let r = c.request(&format!("POST /p{i} HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nz"));
+        let r = c.request(&format!(
+            "POST /p{i} HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nz"
+        ));
         assert_eq!(r.text(), format!("POST /p{i}"));
     }
-    assert_eq!(closer.request_count(), 10, "each request reached the upstream exactly once");
+    assert_eq!(
+        closer.request_count(),
+        10,
+        "each request reached the upstream exactly once"
+    );
 }
 
 #[test]
@@ -183,8 +250,14 @@ fn refused_endpoint_is_502_then_ejected_503() {
     let started = std::time::Instant::now();
     let r = get(gw.main(), "/");
     assert_json_error(&r, 502);
-    assert!(started.elapsed() < std::time::Duration::from_secs(5), "refusal is immediate, not a timeout");
-    assert!(!r.text().contains(&dead.port().to_string()), "no internal detail");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "refusal is immediate, not a timeout"
+    );
+    assert!(
+        !r.text().contains(&dead.port().to_string()),
+        "no internal detail"
+    );
     // Ejected for fail_timeout: no usable endpoint.
     assert_json_error(&get(gw.main(), "/"), 503);
 }
@@ -221,7 +294,13 @@ fn hanging_upstream_is_504() {
 #[test]
 fn upstream_closing_without_response_is_502() {
     let up = Upstream::new(Reply::Close);
-    let gw = Gateway::start(&config("io_uring", &format!("{}{}", cluster("c", &[&up], ""), route_all("c"))));
-    let r = request(gw.main(), "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi");
+    let gw = Gateway::start(&config(
+        "io_uring",
+        &format!("{}{}", cluster("c", &[&up], ""), route_all("c")),
+    ));
+    let r = request(
+        gw.main(),
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi",
+    );
     assert_json_error(&r, 502);
 }

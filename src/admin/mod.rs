@@ -28,7 +28,11 @@ pub struct AdminState {
     pub ready: AtomicBool,
 }
 
-const LIMITS: HeadLimits = HeadLimits { max_request_line: 4096, max_header_bytes: 16 * 1024, max_headers: 64 };
+const LIMITS: HeadLimits = HeadLimits {
+    max_request_line: 4096,
+    max_header_bytes: 16 * 1024,
+    max_headers: 64,
+};
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Starts the admin thread on an already bound socket.
@@ -36,13 +40,17 @@ const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// # Errors
 /// The thread could not be spawned.
 pub fn spawn(socket: std::net::TcpListener, state: Arc<AdminState>) -> std::io::Result<()> {
-    std::thread::Builder::new().name("ringgate-admin".into()).spawn(move || {
-        let rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build();
-        match rt {
-            Ok(mut rt) => rt.block_on(accept_loop(socket, state)),
-            Err(e) => tracing::error!(error = %e, "admin listener cannot start its runtime"),
-        }
-    })?;
+    std::thread::Builder::new()
+        .name("ringgate-admin".into())
+        .spawn(move || {
+            let rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .enable_timer()
+                .build();
+            match rt {
+                Ok(mut rt) => rt.block_on(accept_loop(socket, state)),
+                Err(e) => tracing::error!(error = %e, "admin listener cannot start its runtime"),
+            }
+        })?;
     Ok(())
 }
 
@@ -87,7 +95,15 @@ async fn handle(mut stream: TcpStream, state: Arc<AdminState>) {
             _ => return,
         }
         match parse_request(&buf, &LIMITS, &mut head) {
-            Ok(Parse::Complete) => break route(&RequestView { head: &head, buf: &buf }, &state),
+            Ok(Parse::Complete) => {
+                break route(
+                    &RequestView {
+                        head: &head,
+                        buf: &buf,
+                    },
+                    &state,
+                )
+            }
             Ok(Parse::Partial) => {}
             Err(_) => break (400, r#"{"error":"bad request","status":400}"#),
         }

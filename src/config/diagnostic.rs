@@ -69,7 +69,11 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}: {}", self.file, self.line, self.column, self.path, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {}: {}",
+            self.file, self.line, self.column, self.path, self.message
+        )
     }
 }
 
@@ -136,7 +140,13 @@ impl<'a> Locator<'a> {
 
     fn make(&self, offset: usize, path: String, message: String) -> Diagnostic {
         let (line, column) = line_col(self.text, offset);
-        Diagnostic { file: self.file.to_string(), line, column, path, message }
+        Diagnostic {
+            file: self.file.to_string(),
+            line,
+            column,
+            path,
+            message,
+        }
     }
 
     /// The span of the deepest existing node along `path`.
@@ -213,20 +223,23 @@ fn walk_value(value: &Spanned<DeValue<'_>>, span: &Range<usize>, path: &mut KeyP
 /// may not cover its keys: look inside as well.
 fn subtree_contains(value: &Spanned<DeValue<'_>>, span: &Range<usize>) -> bool {
     match value.get_ref() {
-        DeValue::Table(t) => t
+        DeValue::Table(t) => t.iter().any(|(k, v)| {
+            contains(&k.span(), span) || contains(&v.span(), span) || subtree_contains(v, span)
+        }),
+        DeValue::Array(items) => items
             .iter()
-            .any(|(k, v)| contains(&k.span(), span) || contains(&v.span(), span) || subtree_contains(v, span)),
-        DeValue::Array(items) => {
-            items.iter().any(|v| contains(&v.span(), span) || subtree_contains(v, span))
-        }
+            .any(|v| contains(&v.span(), span) || subtree_contains(v, span)),
         _ => false,
     }
 }
 
 /// 1-based line and column (in characters) of a byte offset.
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = &text[..text.floor_char_boundary(offset)];
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
     let line = before.bytes().filter(|&b| b == b'\n').count() + 1;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     let column = before[line_start..].chars().count() + 1;
@@ -247,9 +260,14 @@ mod tests {
 
     #[test]
     fn path_to_span_and_back() {
-        let text = "[[routes]]\nname = \"a\"\n\n[[routes]]\nname = \"b\"\nproxy = { cluster = \"x\" }\n";
+        let text =
+            "[[routes]]\nname = \"a\"\n\n[[routes]]\nname = \"b\"\nproxy = { cluster = \"x\" }\n";
         let loc = Locator::new("f.toml", text);
-        let path = KeyPath::root().key("routes").index(1).key("proxy").key("cluster");
+        let path = KeyPath::root()
+            .key("routes")
+            .index(1)
+            .key("proxy")
+            .key("cluster");
         let d = loc.at_path(&path, "unknown cluster".into());
         assert_eq!((d.line, d.path.as_str()), (6, "routes[1].proxy.cluster"));
         let offset = text.find("\"x\"").unwrap();

@@ -157,7 +157,10 @@ pub struct RawAdmin {
 
 impl Default for RawAdmin {
     fn default() -> Self {
-        Self { enabled: d::admin_enabled(), address: d::admin_address() }
+        Self {
+            enabled: d::admin_enabled(),
+            address: d::admin_address(),
+        }
     }
 }
 
@@ -180,7 +183,10 @@ pub struct RawLog {
 
 impl Default for RawLog {
     fn default() -> Self {
-        Self { level: d::log_level(), format: LogFormat::default() }
+        Self {
+            level: d::log_level(),
+            format: LogFormat::default(),
+        }
     }
 }
 

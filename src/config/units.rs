@@ -20,11 +20,13 @@ pub struct ByteSize(pub u64);
 /// A message naming the accepted form when the text is not a duration.
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
-    let value: u64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration (use e.g. \"250ms\", \"10s\", \"5m\", \"1h\")"))?;
+    let value: u64 = digits.parse().map_err(|_| {
+        format!("{text:?} is not a duration (use e.g. \"250ms\", \"10s\", \"5m\", \"1h\")")
+    })?;
     let millis = match unit {
         "ms" => Some(value),
         "s" => value.checked_mul(1_000),
@@ -47,7 +49,9 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 /// A message naming the accepted form when the text is not a size.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     let value: u64 = digits
         .parse()
@@ -57,9 +61,15 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "KiB" => 1 << 10,
         "MiB" => 1 << 20,
         "GiB" => 1 << 30,
-        _ => return Err(format!("{text:?} has no valid unit (use \"KiB\", \"MiB\" or \"GiB\")")),
+        _ => {
+            return Err(format!(
+                "{text:?} has no valid unit (use \"KiB\", \"MiB\" or \"GiB\")"
+            ))
+        }
     };
-    value.checked_mul(factor).ok_or_else(|| format!("{text:?} is too large"))
+    value
+        .checked_mul(factor)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 impl<'de> Deserialize<'de> for Duration {
@@ -87,7 +97,9 @@ impl<'de> Deserialize<'de> for ByteSize {
                 f.write_str("a byte size such as 65536 or \"64KiB\"")
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
-                u64::try_from(v).map(ByteSize).map_err(|_| E::custom("a size cannot be negative"))
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("a size cannot be negative"))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
                 Ok(ByteSize(v))

@@ -7,10 +7,13 @@ use std::net::{SocketAddr, ToSocketAddrs};
 
 use super::diagnostic::{ConfigError, Diagnostic, KeyPath, Locator};
 use super::raw::{BalancerKind, RawCluster, RawConfig, RawEndpoint, RawRoute, RawWorkers};
-use super::{ClusterConfig, Config, EndpointConfig, Limits, ListenerConfig, LogConfig, PoolConfig, Timeouts};
+use super::{
+    ClusterConfig, Config, EndpointConfig, Limits, ListenerConfig, LogConfig, PoolConfig, Timeouts,
+};
 use crate::http::head::{HeadLimits, Method, MAX_HEADERS_CAP};
 use crate::routing::{
-    Action, DirectResponse, HeaderMatch, HostMatch, MethodSet, PathMatch, ProxyAction, Route, Router,
+    Action, DirectResponse, HeaderMatch, HostMatch, MethodSet, PathMatch, ProxyAction, Route,
+    Router,
 };
 
 /// Most workers any config may ask for.
@@ -33,16 +36,23 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     let raw: RawConfig = match toml::from_str(text) {
         Ok(raw) => raw,
         Err(e) => {
-            return Err(ConfigError { diagnostics: vec![loc.at_span(e.span(), e.message().to_string())] })
+            return Err(ConfigError {
+                diagnostics: vec![loc.at_span(e.span(), e.message().to_string())],
+            })
         }
     };
-    let mut c = Checker { loc, errors: Vec::new() };
+    let mut c = Checker {
+        loc,
+        errors: Vec::new(),
+    };
     let config = build(&mut c, raw);
     if c.errors.is_empty() {
         Ok(config)
     } else {
         c.errors.sort_by_key(|d| (d.line, d.column));
-        Err(ConfigError { diagnostics: c.errors })
+        Err(ConfigError {
+            diagnostics: c.errors,
+        })
     }
 }
 
@@ -53,12 +63,18 @@ fn build(c: &mut Checker<'_>, raw: RawConfig) -> Config {
         RawWorkers::Named(_) => std::thread::available_parallelism().map_or(1, |n| n.get()),
         RawWorkers::Count(n) if (1..=MAX_WORKERS).contains(&n) => n as usize,
         RawWorkers::Count(n) => {
-            c.error(&server.key("workers"), format!("workers = {n} is not valid: use \"auto\" or 1..={MAX_WORKERS}"));
+            c.error(
+                &server.key("workers"),
+                format!("workers = {n} is not valid: use \"auto\" or 1..={MAX_WORKERS}"),
+            );
             1
         }
     };
     if !(8..=32768).contains(&raw.server.io_uring_entries) {
-        c.error(&server.key("io_uring_entries"), "io_uring_entries must be between 8 and 32768");
+        c.error(
+            &server.key("io_uring_entries"),
+            "io_uring_entries must be between 8 and 32768",
+        );
     }
 
     let t = &raw.timeouts;
@@ -93,10 +109,16 @@ fn build(c: &mut Checker<'_>, raw: RawConfig) -> Config {
         c.error(&lp.key("max_header_bytes"), "must be between 1KiB and 1MiB");
     }
     if l.max_request_line.0 < 64 || l.max_request_line.0 > l.max_header_bytes.0 {
-        c.error(&lp.key("max_request_line"), "must be at least 64 and at most limits.max_header_bytes");
+        c.error(
+            &lp.key("max_request_line"),
+            "must be at least 64 and at most limits.max_header_bytes",
+        );
     }
     if l.max_headers == 0 || l.max_headers as usize > MAX_HEADERS_CAP {
-        c.error(&lp.key("max_headers"), format!("must be between 1 and {MAX_HEADERS_CAP}"));
+        c.error(
+            &lp.key("max_headers"),
+            format!("must be between 1 and {MAX_HEADERS_CAP}"),
+        );
     }
     let limits = Limits {
         head: HeadLimits {
@@ -113,10 +135,19 @@ fn build(c: &mut Checker<'_>, raw: RawConfig) -> Config {
         None
     };
 
-    if tracing_subscriber::EnvFilter::builder().parse(&raw.log.level).is_err() {
-        c.error(&root.key("log").key("level"), format!("{:?} is not a log level or filter", raw.log.level));
+    if tracing_subscriber::EnvFilter::builder()
+        .parse(&raw.log.level)
+        .is_err()
+    {
+        c.error(
+            &root.key("log").key("level"),
+            format!("{:?} is not a log level or filter", raw.log.level),
+        );
     }
-    let log = LogConfig { level: raw.log.level.clone(), format: raw.log.format };
+    let log = LogConfig {
+        level: raw.log.level.clone(),
+        format: raw.log.format,
+    };
 
     let mut listeners = Vec::new();
     let mut names = HashSet::new();
@@ -126,7 +157,10 @@ fn build(c: &mut Checker<'_>, raw: RawConfig) -> Config {
     for (i, l) in raw.listeners.iter().enumerate() {
         let p = root.key("listeners").index(i);
         if !names.insert(l.name.as_str()) {
-            c.error(&p.key("name"), format!("duplicate listener name {:?}", l.name));
+            c.error(
+                &p.key("name"),
+                format!("duplicate listener name {:?}", l.name),
+            );
         }
         if l.max_connections == 0 {
             c.error(&p.key("max_connections"), "must be at least 1");
@@ -144,12 +178,19 @@ fn build(c: &mut Checker<'_>, raw: RawConfig) -> Config {
         }
     }
 
-    let clusters: Vec<ClusterConfig> =
-        raw.clusters.iter().enumerate().map(|(i, rc)| cluster(c, &root.key("clusters").index(i), rc)).collect();
+    let clusters: Vec<ClusterConfig> = raw
+        .clusters
+        .iter()
+        .enumerate()
+        .map(|(i, rc)| cluster(c, &root.key("clusters").index(i), rc))
+        .collect();
     let mut cluster_names = HashSet::new();
     for (i, cl) in clusters.iter().enumerate() {
         if !cluster_names.insert(cl.name.as_str()) {
-            c.error(&root.key("clusters").index(i).key("name"), format!("duplicate cluster name {:?}", cl.name));
+            c.error(
+                &root.key("clusters").index(i).key("name"),
+                format!("duplicate cluster name {:?}", cl.name),
+            );
         }
     }
 
@@ -158,7 +199,10 @@ fn build(c: &mut Checker<'_>, raw: RawConfig) -> Config {
     for (i, rr) in raw.routes.iter().enumerate() {
         let p = root.key("routes").index(i);
         if !route_names.insert(rr.name.as_str()) {
-            c.error(&p.key("name"), format!("duplicate route name {:?}", rr.name));
+            c.error(
+                &p.key("name"),
+                format!("duplicate route name {:?}", rr.name),
+            );
         }
         if let Some(r) = route(c, &p, rr, i, &clusters, limits.max_body_bytes) {
             routes.push(r);
@@ -186,7 +230,12 @@ fn parse_listen_addr(c: &mut Checker<'_>, path: &KeyPath, text: &str) -> Option<
     match text.parse::<SocketAddr>() {
         Ok(a) => Some(a),
         Err(_) => {
-            c.error(path, format!("{text:?} is not an IP:port address (e.g. \"127.0.0.1:8080\", \"[::]:443\")"));
+            c.error(
+                path,
+                format!(
+                    "{text:?} is not an IP:port address (e.g. \"127.0.0.1:8080\", \"[::]:443\")"
+                ),
+            );
             None
         }
     }
@@ -208,19 +257,28 @@ fn cluster(c: &mut Checker<'_>, p: &KeyPath, rc: &RawCluster) -> ClusterConfig {
         }
         // Names are resolved once, at load; a reload re-resolves them.
         match text.to_socket_addrs().map(|mut a| a.next()) {
-            Ok(Some(address)) => endpoints.push(EndpointConfig { address, weight: weight.clamp(1, 1000) }),
+            Ok(Some(address)) => endpoints.push(EndpointConfig {
+                address,
+                weight: weight.clamp(1, 1000),
+            }),
             Ok(None) | Err(_) => c.error(&ep, format!("{text:?} is not a resolvable host:port")),
         }
     }
     let hash_header = match (&rc.hash_header, rc.balancer) {
         (Some(h), BalancerKind::ConsistentHash) => {
             if !is_token(h) {
-                c.error(&p.key("hash_header"), format!("{h:?} is not a valid header name"));
+                c.error(
+                    &p.key("hash_header"),
+                    format!("{h:?} is not a valid header name"),
+                );
             }
             Some(h.to_ascii_lowercase().into_bytes().into_boxed_slice())
         }
         (Some(_), _) => {
-            c.error(&p.key("hash_header"), "hash_header only applies to balancer = \"consistent_hash\"");
+            c.error(
+                &p.key("hash_header"),
+                "hash_header only applies to balancer = \"consistent_hash\"",
+            );
             None
         }
         (None, _) => None,
@@ -229,7 +287,10 @@ fn cluster(c: &mut Checker<'_>, p: &KeyPath, rc: &RawCluster) -> ClusterConfig {
         c.error(&p.key("pool").key("max_requests"), "must be at least 1");
     }
     if rc.pool.idle_timeout.0.is_zero() {
-        c.error(&p.key("pool").key("idle_timeout"), "must be greater than zero");
+        c.error(
+            &p.key("pool").key("idle_timeout"),
+            "must be greater than zero",
+        );
     }
     if rc.connect_attempts == 0 {
         c.error(&p.key("connect_attempts"), "must be at least 1");
@@ -268,8 +329,15 @@ fn route(
                 Some(rest) => (true, rest),
                 None => (false, lower.as_str()),
             };
-            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b)) {
-                c.error(&mp.key("host"), format!("{h:?} is not a host name or \"*.suffix\" wildcard"));
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b))
+            {
+                c.error(
+                    &mp.key("host"),
+                    format!("{h:?} is not a host name or \"*.suffix\" wildcard"),
+                );
             }
             if wild {
                 HostMatch::Suffix(format!(".{name}").into_bytes().into_boxed_slice())
@@ -278,15 +346,25 @@ fn route(
             }
         }
     };
-    let path_kinds = [("path", &m.path), ("prefix", &m.prefix), ("segment_prefix", &m.segment_prefix)];
+    let path_kinds = [
+        ("path", &m.path),
+        ("prefix", &m.prefix),
+        ("segment_prefix", &m.segment_prefix),
+    ];
     let given: Vec<_> = path_kinds.iter().filter(|(_, v)| v.is_some()).collect();
     if given.len() > 1 {
-        c.error(&mp.key(given[1].0), "use only one of path, prefix and segment_prefix");
+        c.error(
+            &mp.key(given[1].0),
+            "use only one of path, prefix and segment_prefix",
+        );
     }
     for (key, v) in path_kinds {
         if let Some(v) = v {
             if !v.starts_with('/') || v.bytes().any(|b| !b.is_ascii_graphic() || b == b'?') {
-                c.error(&mp.key(key), format!("{v:?} must start with '/' and hold no spaces, controls or '?'"));
+                c.error(
+                    &mp.key(key),
+                    format!("{v:?} must start with '/' and hold no spaces, controls or '?'"),
+                );
             }
         }
     }
@@ -300,13 +378,19 @@ fn route(
     for (i, name) in m.methods.iter().flatten().enumerate() {
         match Method::from_config(name) {
             Some(method) => methods.insert(method),
-            None => c.error(&mp.key("methods").index(i), format!("{name:?} is not an HTTP method (use upper case, e.g. \"GET\")")),
+            None => c.error(
+                &mp.key("methods").index(i),
+                format!("{name:?} is not an HTTP method (use upper case, e.g. \"GET\")"),
+            ),
         }
     }
     let mut headers = Vec::new();
     for (i, h) in m.headers.iter().enumerate() {
         if !is_token(&h.name) {
-            c.error(&mp.key("headers").index(i).key("name"), format!("{:?} is not a valid header name", h.name));
+            c.error(
+                &mp.key("headers").index(i).key("name"),
+                format!("{:?} is not a valid header name", h.name),
+            );
         }
         headers.push(HeaderMatch {
             name: h.name.to_ascii_lowercase().into_bytes().into(),
@@ -321,20 +405,34 @@ fn route(
         (Some(px), None) => {
             let pp = p.key("proxy");
             let Some(cluster) = clusters.iter().position(|cl| cl.name == px.cluster) else {
-                c.error(&pp.key("cluster"), format!("no cluster named {:?}", px.cluster));
+                c.error(
+                    &pp.key("cluster"),
+                    format!("no cluster named {:?}", px.cluster),
+                );
                 return None;
             };
             if let Some(rw) = &px.rewrite_prefix {
                 if path.prefix_len() == 0 {
-                    c.error(&pp.key("rewrite_prefix"), "needs match.prefix or match.segment_prefix");
+                    c.error(
+                        &pp.key("rewrite_prefix"),
+                        "needs match.prefix or match.segment_prefix",
+                    );
                 }
-                if !(rw.is_empty() || rw.starts_with('/')) || rw.bytes().any(|b| !b.is_ascii_graphic()) {
-                    c.error(&pp.key("rewrite_prefix"), format!("{rw:?} must be empty or start with '/'"));
+                if !(rw.is_empty() || rw.starts_with('/'))
+                    || rw.bytes().any(|b| !b.is_ascii_graphic())
+                {
+                    c.error(
+                        &pp.key("rewrite_prefix"),
+                        format!("{rw:?} must be empty or start with '/'"),
+                    );
                 }
             }
             if let Some(h) = &px.host_rewrite {
                 if h.is_empty() || h.bytes().any(|b| !b.is_ascii_graphic()) {
-                    c.error(&pp.key("host_rewrite"), format!("{h:?} is not a valid host"));
+                    c.error(
+                        &pp.key("host_rewrite"),
+                        format!("{h:?} is not a valid host"),
+                    );
                 }
             }
             Action::Proxy(ProxyAction {
@@ -346,19 +444,35 @@ fn route(
         (None, Some(rs)) => {
             let rp = p.key("respond");
             if !(200..=599).contains(&rs.status) {
-                c.error(&rp.key("status"), format!("{} is not a final status (200-599)", rs.status));
+                c.error(
+                    &rp.key("status"),
+                    format!("{} is not a final status (200-599)", rs.status),
+                );
             }
             for (name, value) in &rs.headers {
                 let lower = name.to_ascii_lowercase();
                 if !is_token(name) || value.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
-                    c.error(&rp.key("headers").key(name), format!("{name:?} is not a valid header"));
-                } else if matches!(lower.as_str(), "content-length" | "transfer-encoding" | "connection" | "x-request-id") {
-                    c.error(&rp.key("headers").key(name), format!("{name} is set by the gateway"));
+                    c.error(
+                        &rp.key("headers").key(name),
+                        format!("{name:?} is not a valid header"),
+                    );
+                } else if matches!(
+                    lower.as_str(),
+                    "content-length" | "transfer-encoding" | "connection" | "x-request-id"
+                ) {
+                    c.error(
+                        &rp.key("headers").key(name),
+                        format!("{name} is set by the gateway"),
+                    );
                 }
             }
             Action::Respond(DirectResponse {
                 status: rs.status,
-                headers: rs.headers.iter().map(|(k, v)| (k.as_str().into(), v.as_str().into())).collect(),
+                headers: rs
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
+                    .collect(),
                 body: rs.body.as_bytes().into(),
             })
         }
@@ -377,7 +491,9 @@ fn route(
 
 /// RFC 9110 5.6.2 token.
 fn is_token(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 #[cfg(test)]

@@ -93,7 +93,9 @@ async fn copy_length<R: Stream, W: Stream>(
         }
         let n = (src.available().len() as u64).min(remaining) as usize;
         let start = *src.start;
-        write_range(dst, src.buf, start..start + n).await.map_err(BodyError::Sink)?;
+        write_range(dst, src.buf, start..start + n)
+            .await
+            .map_err(BodyError::Sink)?;
         src.consume(n);
         remaining -= n as u64;
     }
@@ -180,7 +182,9 @@ async fn copy_until_close<R: Stream, W: Stream>(
                 flush(dst, out).await?;
             } else {
                 let (start, end) = (*src.start, src.buf.len());
-                write_range(dst, src.buf, start..end).await.map_err(BodyError::Sink)?;
+                write_range(dst, src.buf, start..end)
+                    .await
+                    .map_err(BodyError::Sink)?;
                 src.consume(end - start);
             }
         }

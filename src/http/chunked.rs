@@ -131,7 +131,9 @@ impl ChunkedDecoder {
                     match b {
                         b'\r' => self.state = State::SizeLf,
                         b'\t' => {}
-                        0..=0x1f | 0x7f => return Err(ChunkError::Invalid("control byte in chunk extension")),
+                        0..=0x1f | 0x7f => {
+                            return Err(ChunkError::Invalid("control byte in chunk extension"))
+                        }
                         _ => {}
                     }
                     self.line_len += 1;
@@ -142,7 +144,11 @@ impl ChunkedDecoder {
                     }
                     self.line_len = 0;
                     self.digits = 0;
-                    self.state = if self.size == 0 { State::TrailerLineStart } else { State::Data };
+                    self.state = if self.size == 0 {
+                        State::TrailerLineStart
+                    } else {
+                        State::Data
+                    };
                 }
                 State::Data => {
                     let n = (input.len() - i).min(usize::try_from(self.size).unwrap_or(usize::MAX));
@@ -315,14 +321,21 @@ mod tests {
             b"0\r\nX: a\r\n folded\r\n\r\n",
             b"5 x\r\n",
         ] {
-            assert!(decode_all(bad, bad.len()).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                decode_all(bad, bad.len()).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
     #[test]
     fn trailer_limit() {
         let mut d = ChunkedDecoder::new(8);
-        assert_eq!(d.decode(b"0\r\nX-Long-Trailer: 1\r\n\r\n"), Err(ChunkError::TrailersTooLarge));
+        assert_eq!(
+            d.decode(b"0\r\nX-Long-Trailer: 1\r\n\r\n"),
+            Err(ChunkError::TrailersTooLarge)
+        );
     }
 
     #[test]

@@ -18,7 +18,9 @@ use std::time::Duration;
 use monoio::time::Instant;
 
 use super::chunked::ChunkedDecoder;
-use super::head::{parse_request, Framing, Method, Parse, RequestHead, RequestView, ResponseHead, Version};
+use super::head::{
+    parse_request, Framing, Method, Parse, RequestHead, RequestView, ResponseHead, Version,
+};
 use super::io::{make_room, read_into, write_all, Stream};
 use super::proxy;
 use super::response::{render_direct, render_error, ConnHeader, RequestId};
@@ -76,7 +78,10 @@ impl<S: Stream> Downstream<S> {
 
     /// The parsed head with the bytes it points into.
     pub fn view(&self) -> RequestView<'_> {
-        RequestView { head: &self.head, buf: &self.rbuf[self.start..] }
+        RequestView {
+            head: &self.head,
+            buf: &self.rbuf[self.start..],
+        }
     }
 
     /// Marks the request head as consumed; body bytes follow at `start`.
@@ -109,9 +114,13 @@ pub async fn serve<S: Stream>(ctx: Rc<WorkerCtx>, stream: S, peer: SocketAddr, a
     let mut deadline = Some(accepted + snap.config.timeouts.request_head);
     drop(snap);
     loop {
-        // Each request sees one config snapshot from head to end of response.
+        let waiting = ctx.snapshot();
+        let outcome = read_head(&mut d, &waiting.config, deadline, &drain).await;
+        drop(waiting);
+        // Each request sees one snapshot from head to end of response: the
+        // newest at the time its head arrived, even on an old connection.
         let snap = ctx.snapshot();
-        match read_head(&mut d, &snap.config, deadline, &drain).await {
+        match outcome {
             HeadOutcome::Ready => {}
             HeadOutcome::Closed => return,
             HeadOutcome::Error(err) => {
@@ -156,7 +165,11 @@ async fn read_head<S: Stream>(
                 d.start = 0;
             }
             if d.rbuf.len() == d.rbuf.capacity() {
-                d.rbuf.reserve((limits.max_header_bytes + 1).saturating_sub(d.rbuf.len()).max(1024));
+                d.rbuf.reserve(
+                    (limits.max_header_bytes + 1)
+                        .saturating_sub(d.rbuf.len())
+                        .max(1024),
+                );
             }
         } else {
             make_room(&mut d.rbuf, &mut d.start);

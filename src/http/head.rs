@@ -65,7 +65,12 @@ impl Method {
     pub fn is_idempotent(self) -> bool {
         matches!(
             self,
-            Method::Get | Method::Head | Method::Put | Method::Delete | Method::Options | Method::Trace
+            Method::Get
+                | Method::Head
+                | Method::Put
+                | Method::Delete
+                | Method::Options
+                | Method::Trace
         )
     }
 }
@@ -97,7 +102,10 @@ pub struct Span {
 impl Span {
     fn of(base: *const u8, part: &[u8]) -> Span {
         let start = part.as_ptr() as usize - base as usize;
-        Span { start: start as u32, end: (start + part.len()) as u32 }
+        Span {
+            start: start as u32,
+            end: (start + part.len()) as u32,
+        }
     }
 
     pub fn get(self, buf: &[u8]) -> &[u8] {
@@ -258,7 +266,9 @@ pub fn parse_request(
             };
         }
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::HeadersTooLarge),
-        Err(httparse::Error::Version) => return Err(HeadError::Malformed("unsupported HTTP version")),
+        Err(httparse::Error::Version) => {
+            return Err(HeadError::Malformed("unsupported HTTP version"))
+        }
         Err(_) => return Err(HeadError::Malformed("malformed request head")),
     };
     if len > limits.max_header_bytes {
@@ -269,14 +279,17 @@ pub fn parse_request(
     let target = req.path.unwrap_or_default().as_bytes();
     head.method = Method::parse(method);
     head.method_span = Span::of(base, method);
-    head.version = if req.version == Some(0) { Version::Http10 } else { Version::Http11 };
+    head.version = if req.version == Some(0) {
+        Version::Http10
+    } else {
+        Version::Http11
+    };
     head.len = len;
     head.headers.clear();
-    head.headers.extend(
-        req.headers
-            .iter()
-            .map(|h| Header { name: Span::of(base, h.name.as_bytes()), value: Span::of(base, h.value) }),
-    );
+    head.headers.extend(req.headers.iter().map(|h| Header {
+        name: Span::of(base, h.name.as_bytes()),
+        value: Span::of(base, h.value),
+    }));
     let authority = split_target(base, target, head)?;
     check_fields(buf, head, authority)?;
     Ok(Parse::Complete)
@@ -284,18 +297,25 @@ pub fn parse_request(
 
 /// Splits the request target into path and query; returns the authority of an
 /// absolute-form target.
-fn split_target(base: *const u8, target: &[u8], head: &mut RequestHead) -> Result<Option<Span>, HeadError> {
+fn split_target(
+    base: *const u8,
+    target: &[u8],
+    head: &mut RequestHead,
+) -> Result<Option<Span>, HeadError> {
     // httparse lets obs-text through in the target; RFC 3986 does not.
     if !target.is_ascii() {
         return Err(HeadError::Malformed("request target must be ASCII"));
     }
-    let (authority, path_and_query) = if target.first() == Some(&b'/') {
-        (None, target)
-    } else if target == b"*" && head.method == Method::Options {
+    let origin_form = target.first() == Some(&b'/');
+    let asterisk_form = target == b"*" && head.method == Method::Options;
+    let (authority, path_and_query) = if origin_form || asterisk_form {
         (None, target)
     } else if let Some(rest) = strip_scheme(target) {
         // absolute-form (RFC 9112 3.2.2): the authority replaces Host.
-        let end = rest.iter().position(|&b| b == b'/' || b == b'?').unwrap_or(rest.len());
+        let end = rest
+            .iter()
+            .position(|&b| b == b'/' || b == b'?')
+            .unwrap_or(rest.len());
         let (auth, pq) = rest.split_at(end);
         if auth.is_empty() || auth.contains(&b'@') {
             return Err(HeadError::Malformed("invalid authority in request target"));
@@ -304,7 +324,10 @@ fn split_target(base: *const u8, target: &[u8], head: &mut RequestHead) -> Resul
     } else {
         return Err(HeadError::Malformed("unsupported request target form"));
     };
-    let q = path_and_query.iter().position(|&b| b == b'?').unwrap_or(path_and_query.len());
+    let q = path_and_query
+        .iter()
+        .position(|&b| b == b'?')
+        .unwrap_or(path_and_query.len());
     let (path, query) = path_and_query.split_at(q);
     head.path = Span::of(base, path);
     head.query = Span::of(base, query);
@@ -325,7 +348,11 @@ fn strip_scheme(target: &[u8]) -> Option<&[u8]> {
     None
 }
 
-fn check_fields(buf: &[u8], head: &mut RequestHead, authority: Option<Span>) -> Result<(), HeadError> {
+fn check_fields(
+    buf: &[u8],
+    head: &mut RequestHead,
+    authority: Option<Span>,
+) -> Result<(), HeadError> {
     let mut host: Option<Span> = None;
     let mut hosts = 0u32;
     let mut content_length: Option<u64> = None;
@@ -346,7 +373,10 @@ fn check_fields(buf: &[u8], head: &mut RequestHead, authority: Option<Span>) -> 
                 if content_length.is_some() {
                     return Err(HeadError::Malformed("several Content-Length fields"));
                 }
-                content_length = Some(parse_content_length(value).ok_or(HeadError::Malformed("invalid Content-Length"))?);
+                content_length = Some(
+                    parse_content_length(value)
+                        .ok_or(HeadError::Malformed("invalid Content-Length"))?,
+                );
             }
             17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
                 if te_seen {
@@ -366,15 +396,16 @@ fn check_fields(buf: &[u8], head: &mut RequestHead, authority: Option<Span>) -> 
                     }
                 }
             }
-            6 if name.eq_ignore_ascii_case(b"expect") => {
-                if trim(value).eq_ignore_ascii_case(b"100-continue") {
-                    head.expect_continue = true;
-                }
+            6 if name.eq_ignore_ascii_case(b"expect")
+                && trim(value).eq_ignore_ascii_case(b"100-continue") =>
+            {
+                head.expect_continue = true;
             }
-            12 if name.eq_ignore_ascii_case(b"x-request-id") => {
-                if head.request_id.is_none() && valid_request_id(value) {
-                    head.request_id = Some(h.value);
-                }
+            12 if name.eq_ignore_ascii_case(b"x-request-id")
+                && head.request_id.is_none()
+                && valid_request_id(value) =>
+            {
+                head.request_id = Some(h.value);
             }
             _ => {}
         }
@@ -387,10 +418,20 @@ fn check_fields(buf: &[u8], head: &mut RequestHead, authority: Option<Span>) -> 
         return Err(HeadError::Malformed("missing Host"));
     }
     head.host = authority.or(host);
-    head.keep_alive = if http11 { !close } else { keep_alive_token && !close };
+    head.keep_alive = if http11 {
+        !close
+    } else {
+        keep_alive_token && !close
+    };
     head.framing = match (te_seen, content_length) {
-        (true, Some(_)) => return Err(HeadError::Malformed("both Content-Length and Transfer-Encoding")),
-        (true, None) if !http11 => return Err(HeadError::Malformed("Transfer-Encoding in HTTP/1.0")),
+        (true, Some(_)) => {
+            return Err(HeadError::Malformed(
+                "both Content-Length and Transfer-Encoding",
+            ))
+        }
+        (true, None) if !http11 => {
+            return Err(HeadError::Malformed("Transfer-Encoding in HTTP/1.0"))
+        }
         (true, None) => Framing::Chunked,
         (false, Some(0)) | (false, None) => Framing::Empty,
         (false, Some(n)) => Framing::Length(n),
@@ -416,7 +457,9 @@ pub fn parse_content_length(value: &[u8]) -> Option<u64> {
 /// headers and JSON bodies, so nothing that needs escaping.
 fn valid_request_id(value: &[u8]) -> bool {
     (1..=128).contains(&value.len())
-        && value.iter().all(|&b| b.is_ascii_alphanumeric() || b"-_.:/+=".contains(&b))
+        && value
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"-_.:/+=".contains(&b))
 }
 
 pub fn trim(mut v: &[u8]) -> &[u8] {
@@ -491,14 +534,17 @@ pub fn parse_response(
     let base = buf.as_ptr();
     head.status = res.code.unwrap_or(0);
     head.reason = Span::of(base, res.reason.unwrap_or("").as_bytes());
-    head.version = if res.version == Some(0) { Version::Http10 } else { Version::Http11 };
+    head.version = if res.version == Some(0) {
+        Version::Http10
+    } else {
+        Version::Http11
+    };
     head.len = len;
     head.headers.clear();
-    head.headers.extend(
-        res.headers
-            .iter()
-            .map(|h| Header { name: Span::of(base, h.name.as_bytes()), value: Span::of(base, h.value) }),
-    );
+    head.headers.extend(res.headers.iter().map(|h| Header {
+        name: Span::of(base, h.name.as_bytes()),
+        value: Span::of(base, h.value),
+    }));
     let mut content_length = None;
     let mut te = None;
     let mut close = false;
@@ -510,7 +556,10 @@ pub fn parse_response(
             if content_length.is_some() {
                 return Err(HeadError::Malformed("several Content-Length fields"));
             }
-            content_length = Some(parse_content_length(value).ok_or(HeadError::Malformed("invalid Content-Length"))?);
+            content_length = Some(
+                parse_content_length(value)
+                    .ok_or(HeadError::Malformed("invalid Content-Length"))?,
+            );
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             if te.is_some() {
                 return Err(HeadError::Malformed("several Transfer-Encoding fields"));
@@ -527,13 +576,18 @@ pub fn parse_response(
         Version::Http11 => !close,
         Version::Http10 => keep_alive_token && !close,
     };
-    let no_body = head_request || (100..200).contains(&head.status) || head.status == 204 || head.status == 304;
+    let no_body = head_request
+        || (100..200).contains(&head.status)
+        || head.status == 204
+        || head.status == 304;
     head.framing = if no_body {
         Framing::Empty
     } else {
         match (te, content_length) {
             (Some(_), Some(_)) => {
-                return Err(HeadError::Malformed("both Content-Length and Transfer-Encoding"))
+                return Err(HeadError::Malformed(
+                    "both Content-Length and Transfer-Encoding",
+                ))
             }
             (Some(v), None) if trim(v).eq_ignore_ascii_case(b"chunked") => Framing::Chunked,
             (Some(_), None) => return Err(HeadError::Malformed("unsupported Transfer-Encoding")),

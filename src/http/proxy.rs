@@ -25,7 +25,9 @@ use monoio::time::Instant;
 
 use super::body::{self, BodyError, Encode};
 use super::conn::{respond_error, Downstream, Next};
-use super::head::{parse_response, trim, Framing, Method, Parse, RequestView, ResponseHead, Version};
+use super::head::{
+    parse_response, trim, Framing, Method, Parse, RequestView, ResponseHead, Version,
+};
 use super::io::{read_into, write_all, ReadError, Stream};
 use super::response::{push_u64, RequestId};
 use crate::error::GatewayError;
@@ -101,7 +103,10 @@ pub async fn forward<S: Stream>(
         if let Some(conn) = ep.take_idle(&cluster.config.pool, !retryable, now) {
             break (ep, conn, true);
         }
-        match ep.connect(&cluster.config, cfg.timeouts.upstream_connect).await {
+        match ep
+            .connect(&cluster.config, cfg.timeouts.upstream_connect)
+            .await
+        {
             Ok(conn) => break (ep, conn, false),
             Err(e) => {
                 tracing::debug!(cluster = %cluster.config.name, endpoint = %ep.address, error = %e, "upstream connect failed");
@@ -132,7 +137,10 @@ pub async fn forward<S: Stream>(
                 return next;
             }
             Err(Attempt::Retry) if reused && retryable => {
-                match ep.connect(&cluster.config, cfg.timeouts.upstream_connect).await {
+                match ep
+                    .connect(&cluster.config, cfg.timeouts.upstream_connect)
+                    .await
+                {
                     Ok(conn) => {
                         up = conn;
                         reused = false;
@@ -188,8 +196,16 @@ async fn attempt<S: Stream>(
                 return Err(Attempt::Fail(Next::Close));
             }
         }
-        let encode = if framing == Framing::Chunked { Encode::Chunked } else { Encode::Identity };
-        let mut src = super::io::Inbound { stream: &mut d.stream, buf: &mut d.rbuf, start: &mut d.start };
+        let encode = if framing == Framing::Chunked {
+            Encode::Chunked
+        } else {
+            Encode::Identity
+        };
+        let mut src = super::io::Inbound {
+            stream: &mut d.stream,
+            buf: &mut d.rbuf,
+            start: &mut d.start,
+        };
         let result = body::copy(
             &mut src,
             &mut up.stream,
@@ -218,7 +234,15 @@ async fn attempt<S: Stream>(
     // response head, skipping interim responses
     let max_head = cfg.limits.head.max_header_bytes;
     loop {
-        match read_response_head(up, &mut d.response, head_request, t.upstream_response_head, max_head).await {
+        match read_response_head(
+            up,
+            &mut d.response,
+            head_request,
+            t.upstream_response_head,
+            max_head,
+        )
+        .await
+        {
             Ok(()) => {}
             Err(RespError::ClosedEarly) if framing == Framing::Empty => return Err(Attempt::Retry),
             Err(e) => {
@@ -272,10 +296,18 @@ async fn attempt<S: Stream>(
     if write_all(&mut d.stream, &mut d.wbuf).await.is_err() {
         return Err(Attempt::Fail(Next::Close));
     }
-    let resp_framing = if up_start > d.response.len { Framing::Empty } else { resp_framing };
+    let resp_framing = if up_start > d.response.len {
+        Framing::Empty
+    } else {
+        resp_framing
+    };
 
     // response body
-    let mut src = super::io::Inbound { stream: &mut up.stream, buf: &mut up.buf, start: &mut up_start };
+    let mut src = super::io::Inbound {
+        stream: &mut up.stream,
+        buf: &mut up.buf,
+        start: &mut up_start,
+    };
     let result = body::copy(
         &mut src,
         &mut d.stream,
@@ -294,7 +326,8 @@ async fn attempt<S: Stream>(
         return Err(Attempt::Fail(Next::Close));
     }
 
-    let reusable = d.response.keep_alive && resp_framing != Framing::UntilClose && up_start == up.buf.len();
+    let reusable =
+        d.response.keep_alive && resp_framing != Framing::UntilClose && up_start == up.buf.len();
     if reusable {
         up.buf.clear();
     }
@@ -354,7 +387,10 @@ async fn read_response_head(
 }
 
 fn is_reset(e: &std::io::Error) -> bool {
-    matches!(e.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe)
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+    )
 }
 
 fn hash_ip(ip: IpAddr) -> u64 {
@@ -368,14 +404,24 @@ fn hash_ip(ip: IpAddr) -> u64 {
 }
 
 /// RFC 9110 7.6.1 hop-by-hop fields (lowercase).
-const HOP_BY_HOP: [&[u8]; 7] =
-    [b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"];
+const HOP_BY_HOP: [&[u8]; 7] = [
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
+];
 
 /// True when a field must not be forwarded: hop-by-hop, or named by a
 /// `Connection` field of the same message.
 fn is_hop_by_hop<'a>(name: &[u8], mut connection_values: impl Iterator<Item = &'a [u8]>) -> bool {
     HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
-        || connection_values.any(|v| v.split(|&b| b == b',').any(|t| trim(t).eq_ignore_ascii_case(name)))
+        || connection_values.any(|v| {
+            v.split(|&b| b == b',')
+                .any(|t| trim(t).eq_ignore_ascii_case(name))
+        })
 }
 
 fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -404,7 +450,10 @@ fn write_request_head<S: Stream>(
     endpoint: SocketAddr,
     id: &RequestId,
 ) {
-    let view = RequestView { head: &d.head, buf: &d.rbuf[d.start..] };
+    let view = RequestView {
+        head: &d.head,
+        buf: &d.rbuf[d.start..],
+    };
     let out = &mut d.wbuf;
     out.clear();
     out.extend_from_slice(view.method_bytes());
@@ -415,7 +464,11 @@ fn write_request_head<S: Stream>(
         Some(new_prefix) => {
             let rest = &path[prefix_len.min(path.len())..];
             out.extend_from_slice(new_prefix);
-            let rest = if new_prefix.ends_with(b"/") { rest.strip_prefix(b"/").unwrap_or(rest) } else { rest };
+            let rest = if new_prefix.ends_with(b"/") {
+                rest.strip_prefix(b"/").unwrap_or(rest)
+            } else {
+                rest
+            };
             out.extend_from_slice(rest);
         }
         None => out.extend_from_slice(path),
@@ -439,12 +492,17 @@ fn write_request_head<S: Stream>(
 
     let headers = &view.head.headers;
     let named = |name: &'static [u8]| {
-        headers.iter().filter(move |h| h.name.get(view.buf).eq_ignore_ascii_case(name)).map(|h| h.value.get(view.buf))
+        headers
+            .iter()
+            .filter(move |h| h.name.get(view.buf).eq_ignore_ascii_case(name))
+            .map(|h| h.value.get(view.buf))
     };
     for h in headers {
         let name = h.name.get(view.buf);
         if is_hop_by_hop(name, named(b"connection"))
-            || GATEWAY_SET_REQUEST.iter().any(|n| name.eq_ignore_ascii_case(n))
+            || GATEWAY_SET_REQUEST
+                .iter()
+                .any(|n| name.eq_ignore_ascii_case(n))
         {
             continue;
         }
@@ -495,7 +553,10 @@ const GATEWAY_SET_RESPONSE: [&[u8]; 2] = [b"content-length", b"x-request-id"];
 /// Copies the response's end-to-end fields into `out`.
 fn copy_response_fields(out: &mut Vec<u8>, resp: &ResponseHead, buf: &[u8], keep_length: bool) {
     let named = |name: &'static [u8]| {
-        resp.headers.iter().filter(move |h| h.name.get(buf).eq_ignore_ascii_case(name)).map(|h| h.value.get(buf))
+        resp.headers
+            .iter()
+            .filter(move |h| h.name.get(buf).eq_ignore_ascii_case(name))
+            .map(|h| h.value.get(buf))
     };
     for h in &resp.headers {
         let name = h.name.get(buf);
@@ -503,7 +564,12 @@ fn copy_response_fields(out: &mut Vec<u8>, resp: &ResponseHead, buf: &[u8], keep
             continue;
         }
         let is_length = name.eq_ignore_ascii_case(b"content-length");
-        if (is_length && !keep_length) || (!is_length && GATEWAY_SET_RESPONSE.iter().any(|n| name.eq_ignore_ascii_case(n))) {
+        if (is_length && !keep_length)
+            || (!is_length
+                && GATEWAY_SET_RESPONSE
+                    .iter()
+                    .any(|n| name.eq_ignore_ascii_case(n)))
+        {
             continue;
         }
         push_header(out, name, h.value.get(buf));

@@ -24,7 +24,10 @@ impl RequestId {
         let mut bytes = [0u8; MAX_REQUEST_ID];
         let len = id.len().min(MAX_REQUEST_ID);
         bytes[..len].copy_from_slice(&id[..len]);
-        Self { bytes, len: len as u8 }
+        Self {
+            bytes,
+            len: len as u8,
+        }
     }
 
     pub fn as_bytes(&self) -> &[u8] {
@@ -45,7 +48,10 @@ impl RequestIds {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
         let seed = format!("{nanos}:{}:{worker}", std::process::id());
-        Self { prefix: crate::upstream::balancer::hash(seed.as_bytes()), next: Cell::new(0) }
+        Self {
+            prefix: crate::upstream::balancer::hash(seed.as_bytes()),
+            next: Cell::new(0),
+        }
     }
 
     pub fn generate(&self) -> RequestId {
@@ -171,7 +177,13 @@ pub fn render_error(out: &mut Vec<u8>, err: GatewayError, id: &RequestId, conn: 
 }
 
 /// Renders a direct-response route's response. `head_only` for HEAD requests.
-pub fn render_direct(out: &mut Vec<u8>, d: &DirectResponse, id: &RequestId, conn: ConnHeader, head_only: bool) {
+pub fn render_direct(
+    out: &mut Vec<u8>,
+    d: &DirectResponse,
+    id: &RequestId,
+    conn: ConnHeader,
+    head_only: bool,
+) {
     out.clear();
     status_line(out, d.status);
     for (name, value) in d.headers.iter() {
@@ -213,7 +225,9 @@ mod tests {
         let id = String::from_utf8(id.as_bytes().to_vec()).unwrap();
         assert_eq!(
             body,
-            format!(r#"{{"error":"no route matches this request","status":404,"request_id":"{id}"}}"#)
+            format!(
+                r#"{{"error":"no route matches this request","status":404,"request_id":"{id}"}}"#
+            )
         );
     }
 

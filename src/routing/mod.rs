@@ -200,7 +200,12 @@ impl Router {
         suffix.iter_mut().for_each(|(_, v)| sort(v));
         sort(&mut any_host);
         suffix.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
-        Self { routes, exact, suffix, any_host }
+        Self {
+            routes,
+            exact,
+            suffix,
+            any_host,
+        }
     }
 
     pub fn routes(&self) -> &[Route] {
@@ -230,7 +235,9 @@ impl Router {
     }
 
     fn first(&self, list: &[u32], req: &RequestView<'_>, path: &[u8]) -> Option<&Route> {
-        list.iter().map(|&i| &self.routes[i as usize]).find(|r| r.matches(req, path))
+        list.iter()
+            .map(|&i| &self.routes[i as usize])
+            .find(|r| r.matches(req, path))
     }
 }
 

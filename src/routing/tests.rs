@@ -2,19 +2,29 @@ use super::*;
 use crate::config::Config;
 use crate::http::head::{parse_request, HeadLimits, RequestHead};
 
-const LIMITS: HeadLimits = HeadLimits { max_request_line: 4096, max_header_bytes: 8192, max_headers: 32 };
+const LIMITS: HeadLimits = HeadLimits {
+    max_request_line: 4096,
+    max_header_bytes: 8192,
+    max_headers: 32,
+};
 
 fn router(routes: &str) -> Router {
     let text = format!(
         "[[listeners]]\nname = \"l\"\naddress = \"127.0.0.1:0\"\n[[clusters]]\nname = \"c\"\nendpoints = [\"127.0.0.1:1\"]\n{routes}"
     );
-    Config::parse("test.toml", &text).unwrap_or_else(|e| panic!("{e}")).router
+    Config::parse("test.toml", &text)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .router
 }
 
 fn route_name(r: &Router, raw: &str) -> Option<String> {
     let mut head = RequestHead::default();
     parse_request(raw.as_bytes(), &LIMITS, &mut head).unwrap();
-    r.find(&RequestView { head: &head, buf: raw.as_bytes() }).map(|r| r.name.to_string())
+    r.find(&RequestView {
+        head: &head,
+        buf: raw.as_bytes(),
+    })
+    .map(|r| r.name.to_string())
 }
 
 fn get(r: &Router, host: &str, path: &str) -> Option<String> {
@@ -81,21 +91,50 @@ proxy = { cluster = "c" }
 fn most_specific_path_wins_whatever_the_order() {
     let r = router(TABLE);
     assert_eq!(get(&r, "x.org", "/api").as_deref(), Some("api-prefix"));
-    assert_eq!(get(&r, "x.org", "/api/users").as_deref(), Some("api-prefix"));
+    assert_eq!(
+        get(&r, "x.org", "/api/users").as_deref(),
+        Some("api-prefix")
+    );
     assert_eq!(get(&r, "x.org", "/api/v1/users").as_deref(), Some("api-v1"));
-    assert_eq!(get(&r, "x.org", "/api/status").as_deref(), Some("api-exact"));
-    assert_eq!(get(&r, "x.org", "/apix").as_deref(), Some("catch-all"), "segment-aware");
-    assert_eq!(get(&r, "x.org", "/staticfoo").as_deref(), Some("plain-prefix"), "plain prefix is bytewise");
+    assert_eq!(
+        get(&r, "x.org", "/api/status").as_deref(),
+        Some("api-exact")
+    );
+    assert_eq!(
+        get(&r, "x.org", "/apix").as_deref(),
+        Some("catch-all"),
+        "segment-aware"
+    );
+    assert_eq!(
+        get(&r, "x.org", "/staticfoo").as_deref(),
+        Some("plain-prefix"),
+        "plain prefix is bytewise"
+    );
 }
 
 #[test]
 fn host_tiers() {
     let r = router(TABLE);
-    assert_eq!(get(&r, "API.Example.com:8080", "/api/x").as_deref(), Some("exact-host"));
-    assert_eq!(get(&r, "api.example.com", "/other").as_deref(), Some("wild"), "falls to the wildcard tier");
-    assert_eq!(get(&r, "a.eu.example.com", "/").as_deref(), Some("deep-wild"), "longer suffix first");
+    assert_eq!(
+        get(&r, "API.Example.com:8080", "/api/x").as_deref(),
+        Some("exact-host")
+    );
+    assert_eq!(
+        get(&r, "api.example.com", "/other").as_deref(),
+        Some("wild"),
+        "falls to the wildcard tier"
+    );
+    assert_eq!(
+        get(&r, "a.eu.example.com", "/").as_deref(),
+        Some("deep-wild"),
+        "longer suffix first"
+    );
     assert_eq!(get(&r, "www.example.com", "/").as_deref(), Some("wild"));
-    assert_eq!(get(&r, "example.com", "/").as_deref(), Some("catch-all"), "wildcard needs a label");
+    assert_eq!(
+        get(&r, "example.com", "/").as_deref(),
+        Some("catch-all"),
+        "wildcard needs a label"
+    );
 }
 
 #[test]
@@ -105,14 +144,20 @@ fn methods_and_headers() {
     assert_eq!(route_name(&r, post).as_deref(), Some("post-only"));
     assert_eq!(get(&r, "x", "/submit").as_deref(), Some("submit-any"));
     let canary = "POST /submit HTTP/1.1\r\nHost: x\r\nx-canary: 1\r\n\r\n";
-    assert_eq!(route_name(&r, canary).as_deref(), Some("canary"), "more header conditions first");
+    assert_eq!(
+        route_name(&r, canary).as_deref(),
+        Some("canary"),
+        "more header conditions first"
+    );
     let not_canary = "GET /submit HTTP/1.1\r\nHost: x\r\nx-canary: 2\r\n\r\n";
     assert_eq!(route_name(&r, not_canary).as_deref(), Some("submit-any"));
 }
 
 #[test]
 fn no_match_is_none() {
-    let r = router("[[routes]]\nname = \"only\"\nmatch = { path = \"/only\" }\nproxy = { cluster = \"c\" }\n");
+    let r = router(
+        "[[routes]]\nname = \"only\"\nmatch = { path = \"/only\" }\nproxy = { cluster = \"c\" }\n",
+    );
     assert_eq!(get(&r, "x", "/other"), None);
 }
 
@@ -126,6 +171,9 @@ fn thousand_routes_resolve() {
         ));
     }
     let r = router(&routes);
-    assert_eq!(get(&r, "h7.example.com", "/p977/x").as_deref(), Some("r977"));
+    assert_eq!(
+        get(&r, "h7.example.com", "/p977/x").as_deref(),
+        Some("r977")
+    );
     assert_eq!(get(&r, "h7.example.com", "/p978/x"), None);
 }

@@ -17,24 +17,40 @@ const VNODES_PER_WEIGHT: u32 = 64;
 
 #[derive(Debug)]
 pub enum Balancer {
-    RoundRobin { next: Cell<usize> },
+    RoundRobin {
+        next: Cell<usize>,
+    },
     /// Smooth weighted round-robin (nginx's algorithm): even interleaving.
-    Weighted { current: Box<[Cell<i64>]>, weights: Box<[i64]> },
+    Weighted {
+        current: Box<[Cell<i64>]>,
+        weights: Box<[i64]>,
+    },
     /// Power of two random choices on per-worker in-flight counts.
-    LeastRequest { rng: Cell<u64> },
+    LeastRequest {
+        rng: Cell<u64>,
+    },
     /// Ring hash over `(hash, endpoint)` points, sorted by hash.
-    ConsistentHash { ring: Box<[(u64, u32)]> },
+    ConsistentHash {
+        ring: Box<[(u64, u32)]>,
+    },
 }
 
 impl Balancer {
     pub fn new(kind: BalancerKind, endpoints: &[EndpointConfig], seed: u64) -> Self {
         match kind {
-            BalancerKind::RoundRobin => Balancer::RoundRobin { next: Cell::new(seed as usize % endpoints.len().max(1)) },
+            BalancerKind::RoundRobin => Balancer::RoundRobin {
+                next: Cell::new(seed as usize % endpoints.len().max(1)),
+            },
             BalancerKind::WeightedRoundRobin => {
                 let weights: Box<[i64]> = endpoints.iter().map(|e| i64::from(e.weight)).collect();
-                Balancer::Weighted { current: endpoints.iter().map(|_| Cell::new(0)).collect(), weights }
+                Balancer::Weighted {
+                    current: endpoints.iter().map(|_| Cell::new(0)).collect(),
+                    weights,
+                }
             }
-            BalancerKind::LeastRequest => Balancer::LeastRequest { rng: Cell::new(seed | 1) },
+            BalancerKind::LeastRequest => Balancer::LeastRequest {
+                rng: Cell::new(seed | 1),
+            },
             BalancerKind::ConsistentHash => {
                 let mut ring = Vec::new();
                 for (i, e) in endpoints.iter().enumerate() {
@@ -104,7 +120,9 @@ impl Balancer {
             }
             Balancer::ConsistentHash { ring } => {
                 let start = ring.partition_point(|&(p, _)| p < key_hash);
-                (0..ring.len()).map(|k| ring[(start + k) % ring.len()].1 as usize).find(|&i| usable(i))
+                (0..ring.len())
+                    .map(|k| ring[(start + k) % ring.len()].1 as usize)
+                    .find(|&i| usable(i))
             }
         }
     }
@@ -144,11 +162,19 @@ mod tests {
         weights
             .iter()
             .enumerate()
-            .map(|(i, &w)| EndpointConfig { address: format!("127.0.0.1:{}", 1000 + i).parse().unwrap(), weight: w })
+            .map(|(i, &w)| EndpointConfig {
+                address: format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
+                weight: w,
+            })
             .collect()
     }
 
-    fn counts(b: &Balancer, n: usize, rounds: usize, usable: impl Fn(usize) -> bool + Copy) -> Vec<usize> {
+    fn counts(
+        b: &Balancer,
+        n: usize,
+        rounds: usize,
+        usable: impl Fn(usize) -> bool + Copy,
+    ) -> Vec<usize> {
         let mut c = vec![0; n];
         for _ in 0..rounds {
             c[b.pick(n, usable, |_| 0, 0).unwrap()] += 1;
@@ -167,7 +193,9 @@ mod tests {
     #[test]
     fn weighted_follows_weights_smoothly() {
         let b = Balancer::new(BalancerKind::WeightedRoundRobin, &eps(&[5, 1, 1]), 0);
-        let seq: Vec<usize> = (0..7).map(|_| b.pick(3, |_| true, |_| 0, 0).unwrap()).collect();
+        let seq: Vec<usize> = (0..7)
+            .map(|_| b.pick(3, |_| true, |_| 0, 0).unwrap())
+            .collect();
         assert_eq!(seq, vec![0, 0, 1, 0, 2, 0, 0]);
         assert_eq!(counts(&b, 3, 700, |_| true), vec![500, 100, 100]);
     }
@@ -176,7 +204,10 @@ mod tests {
     fn least_request_prefers_idle_endpoint() {
         let b = Balancer::new(BalancerKind::LeastRequest, &eps(&[1, 1]), 42);
         for _ in 0..100 {
-            assert_eq!(b.pick(2, |_| true, |i| if i == 0 { 10 } else { 0 }, 0), Some(1));
+            assert_eq!(
+                b.pick(2, |_| true, |i| if i == 0 { 10 } else { 0 }, 0),
+                Some(1)
+            );
         }
         // With equal load, both are chosen.
         let c = counts(&b, 4, 4000, |_| true);
@@ -190,7 +221,10 @@ mod tests {
         for k in 0..3000u32 {
             let key = format!("user-{k}");
             let first = b.pick(3, |_| true, |_| 0, hash(key.as_bytes())).unwrap();
-            assert_eq!(b.pick(3, |_| true, |_| 0, hash(key.as_bytes())), Some(first));
+            assert_eq!(
+                b.pick(3, |_| true, |_| 0, hash(key.as_bytes())),
+                Some(first)
+            );
             c[first] += 1;
         }
         assert!(c.iter().all(|&x| x > 700), "{c:?}");

@@ -112,7 +112,12 @@ impl Cluster {
             let e = &self.endpoints[i];
             (i >= 64 || tried & (1 << i) == 0) && e.down_until.get().is_none_or(|t| now >= t)
         };
-        self.balancer.pick(self.endpoints.len(), usable, |i| self.endpoints[i].in_flight.get(), key_hash)
+        self.balancer.pick(
+            self.endpoints.len(),
+            usable,
+            |i| self.endpoints[i].in_flight.get(),
+            key_hash,
+        )
     }
 }
 
@@ -172,7 +177,8 @@ impl Endpoint {
                 let fails = self.fails.get() + 1;
                 self.fails.set(fails);
                 if cluster.max_fails > 0 && fails >= cluster.max_fails {
-                    self.down_until.set(Some(Instant::now() + cluster.fail_timeout));
+                    self.down_until
+                        .set(Some(Instant::now() + cluster.fail_timeout));
                     self.fails.set(0);
                 }
             }

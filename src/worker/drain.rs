@@ -31,7 +31,12 @@ impl Drain {
     /// Starts draining: every registered waiter is woken.
     pub fn start(&self) {
         self.draining.set(true);
-        let wakers: Vec<Waker> = self.waiters.borrow_mut().iter_mut().filter_map(|(_, w)| w.take()).collect();
+        let wakers: Vec<Waker> = self
+            .waiters
+            .borrow_mut()
+            .iter_mut()
+            .filter_map(|(_, w)| w.take())
+            .collect();
         for w in wakers {
             w.wake();
         }

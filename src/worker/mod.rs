@@ -113,10 +113,16 @@ pub fn bind_listeners(config: &Config) -> io::Result<(Vec<Vec<BoundListener>>, V
         let mut address = l.address;
         for sockets in per_worker.iter_mut() {
             let socket = bind_one(address, l.backlog).map_err(|e| {
-                io::Error::new(e.kind(), format!("listener {:?} cannot bind {}: {e}", l.name, l.address))
+                io::Error::new(
+                    e.kind(),
+                    format!("listener {:?} cannot bind {}: {e}", l.name, l.address),
+                )
             })?;
             address = socket.local_addr()?;
-            sockets.push(BoundListener { config: l.clone(), socket });
+            sockets.push(BoundListener {
+                config: l.clone(),
+                socket,
+            });
         }
         addresses.push(address);
     }
@@ -125,7 +131,11 @@ pub fn bind_listeners(config: &Config) -> io::Result<(Vec<Vec<BoundListener>>, V
 
 fn bind_one(address: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))?;
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     // Accepted sockets inherit it: small heads must not wait for Nagle.
@@ -158,40 +168,61 @@ pub fn spawn(
     started: mpsc::Sender<Result<Driver, String>>,
 ) -> io::Result<WorkerHandle> {
     let (tx, rx) = async_channel::unbounded();
-    let thread = std::thread::Builder::new().name(format!("ringgate-w{id}")).spawn(move || {
-        if let Some(core) = core {
-            if !core_affinity::set_for_current(core) {
-                tracing::warn!(worker = id, core = core.id, "could not pin worker to its core");
-            }
-        }
-        let driver = config.driver;
-        let entries = config.io_uring_entries;
-        let run = |d: Driver| run(id, config.clone(), listeners, rx, started.clone(), d);
-        let result = match driver {
-            DriverChoice::Epoll => legacy_runtime().map(|mut rt| rt.block_on(run(Driver::Epoll))),
-            DriverChoice::IoUring => uring_runtime(entries).map(|mut rt| rt.block_on(run(Driver::IoUring))),
-            DriverChoice::Auto => {
-                let uring = if monoio::utils::detect_uring() { uring_runtime(entries).ok() } else { None };
-                match uring {
-                    Some(mut rt) => Ok(rt.block_on(run(Driver::IoUring))),
-                    None => {
-                        if id == 0 {
-                            tracing::warn!("io_uring is not available here; workers use the epoll driver");
-                        }
-                        legacy_runtime().map(|mut rt| rt.block_on(run(Driver::Epoll)))
-                    }
+    let thread = std::thread::Builder::new()
+        .name(format!("ringgate-w{id}"))
+        .spawn(move || {
+            if let Some(core) = core {
+                if !core_affinity::set_for_current(core) {
+                    tracing::warn!(
+                        worker = id,
+                        core = core.id,
+                        "could not pin worker to its core"
+                    );
                 }
             }
-        };
-        if let Err(e) = result {
-            let _ = started.send(Err(format!("worker {id}: cannot start its runtime: {e}")));
-        }
-    })?;
-    Ok(WorkerHandle { thread, control: tx })
+            let driver = config.driver;
+            let entries = config.io_uring_entries;
+            let run = |d: Driver| run(id, config.clone(), listeners, rx, started.clone(), d);
+            let uring = match driver {
+                DriverChoice::Epoll => None,
+                DriverChoice::IoUring => Some(uring_runtime(entries)),
+                // Probe first: some kernels and sandboxes refuse io_uring.
+                DriverChoice::Auto => monoio::utils::detect_uring()
+                    .then(|| uring_runtime(entries))
+                    .filter(Result::is_ok),
+            };
+            let result = match uring {
+                Some(Ok(mut rt)) => {
+                    rt.block_on(run(Driver::IoUring));
+                    Ok(())
+                }
+                Some(Err(e)) => Err(e),
+                None => {
+                    if driver == DriverChoice::Auto && id == 0 {
+                        tracing::warn!(
+                            "io_uring is not available here; workers use the epoll driver"
+                        );
+                    }
+                    legacy_runtime().map(|mut rt| rt.block_on(run(Driver::Epoll)))
+                }
+            };
+            if let Err(e) = result {
+                let _ = started.send(Err(format!("worker {id}: cannot start its runtime: {e}")));
+            }
+        })?;
+    Ok(WorkerHandle {
+        thread,
+        control: tx,
+    })
 }
 
-fn uring_runtime(entries: u32) -> io::Result<monoio::Runtime<monoio::time::TimeDriver<IoUringDriver>>> {
-    RuntimeBuilder::<IoUringDriver>::new().with_entries(entries).enable_timer().build()
+fn uring_runtime(
+    entries: u32,
+) -> io::Result<monoio::Runtime<monoio::time::TimeDriver<IoUringDriver>>> {
+    RuntimeBuilder::<IoUringDriver>::new()
+        .with_entries(entries)
+        .enable_timer()
+        .build()
 }
 
 fn legacy_runtime() -> io::Result<monoio::Runtime<monoio::time::TimeDriver<LegacyDriver>>> {
@@ -213,23 +244,25 @@ async fn run(
         let listener = match TcpListener::from_std(l.socket) {
             Ok(listener) => listener,
             Err(e) => {
-                let _ = started.send(Err(format!("worker {id}: listener {:?}: {e}", l.config.name)));
+                let _ = started.send(Err(format!(
+                    "worker {id}: listener {:?}: {e}",
+                    l.config.name
+                )));
                 return;
             }
         };
-        monoio::spawn(accept_loop(ctx.clone(), listener, l.config.max_connections as usize));
+        monoio::spawn(accept_loop(
+            ctx.clone(),
+            listener,
+            l.config.max_connections as usize,
+        ));
     }
     let _ = started.send(Ok(driver));
 
     let mut drain_timeout = drain_timeout;
-    loop {
-        match control.recv().await {
-            Ok(Control::Reload(config)) => {
-                drain_timeout = config.drain_timeout;
-                ctx.install(config);
-            }
-            Ok(Control::Shutdown) | Err(_) => break,
-        }
+    while let Ok(Control::Reload(config)) = control.recv().await {
+        drain_timeout = config.drain_timeout;
+        ctx.install(config);
     }
 
     // Drain: stop accepting, close idle connections, let requests finish.
@@ -241,7 +274,11 @@ async fn run(
     drop(idle_pools);
     let finished = monoio::time::timeout(drain_timeout, ctx.conns.below(1)).await;
     if finished.is_err() {
-        tracing::warn!(worker = id, open = ctx.conns.active(), "drain timeout passed; closing remaining connections");
+        tracing::warn!(
+            worker = id,
+            open = ctx.conns.active(),
+            "drain timeout passed; closing remaining connections"
+        );
     }
 }
 

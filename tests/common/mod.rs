@@ -66,8 +66,18 @@ impl Gateway {
             lock.lock().unwrap().push("<exited>".into());
             cv.notify_all();
         });
-        let mut gw = Gateway { child, logs, listeners: HashMap::new(), admin: None, _dir: dir, config_path };
-        if gw.wait_log_any(&[" ready ", "<exited>"]).contains("<exited>") {
+        let mut gw = Gateway {
+            child,
+            logs,
+            listeners: HashMap::new(),
+            admin: None,
+            _dir: dir,
+            config_path,
+        };
+        if gw
+            .wait_log_any(&[" ready ", "<exited>"])
+            .contains("<exited>")
+        {
             return Err(gw.log_text());
         }
         for line in gw.lines() {
@@ -120,7 +130,11 @@ impl Gateway {
                 return l.clone();
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "no log line with {needles:?}; log:\n{}", lines.join("\n"));
+            assert!(
+                !left.is_zero(),
+                "no log line with {needles:?}; log:\n{}",
+                lines.join("\n")
+            );
             lines = cv.wait_timeout(lines, left).unwrap().0;
         }
     }
@@ -136,7 +150,11 @@ impl Gateway {
 
     /// Sends a signal (`"TERM"`, `"HUP"`, ...).
     pub fn signal(&self, name: &str) {
-        let ok = Command::new("kill").arg(format!("-{name}")).arg(self.pid().to_string()).status().unwrap();
+        let ok = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
         assert!(ok.success());
     }
 
@@ -147,7 +165,11 @@ impl Gateway {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "gateway did not exit; log:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not exit; log:\n{}",
+                self.log_text()
+            );
             // Polling a child's exit status has no blocking-with-timeout API.
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -157,7 +179,12 @@ impl Gateway {
     pub fn peak_rss(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
         let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            * 1024
     }
 }
 
@@ -171,7 +198,9 @@ impl Drop for Gateway {
 fn field(line: &str, key: &str) -> Option<String> {
     let start = line.find(key)? + key.len();
     let rest = line[start..].trim_start_matches('"');
-    let end = rest.find(|c: char| c == ' ' || c == '"').unwrap_or(rest.len());
+    let end = rest
+        .find([' ', '"'])
+        .unwrap_or(rest.len());
     Some(rest[..end].to_string())
 }
 
@@ -185,8 +214,14 @@ pub fn config(driver: &str, body: &str) -> String {
 
 /// A cluster named `name` over these upstreams.
 pub fn cluster(name: &str, upstreams: &[&Upstream], extra: &str) -> String {
-    let eps: Vec<String> = upstreams.iter().map(|u| format!("\"{}\"", u.addr)).collect();
-    format!("[[clusters]]\nname = \"{name}\"\nendpoints = [{}]\n{extra}\n", eps.join(", "))
+    let eps: Vec<String> = upstreams
+        .iter()
+        .map(|u| format!("\"{}\"", u.addr))
+        .collect();
+    format!(
+        "[[clusters]]\nname = \"{name}\"\nendpoints = [{}]\n{extra}\n",
+        eps.join(", ")
+    )
 }
 
 /// A catch-all route to `cluster`.
@@ -216,11 +251,17 @@ pub struct Recorded {
 
 impl Recorded {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn header_count(&self, name: &str) -> usize {
-        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).count()
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .count()
     }
 }
 
@@ -228,9 +269,17 @@ impl Recorded {
 #[derive(Clone)]
 pub enum Reply {
     /// Content-Length response.
-    Fixed { status: u16, headers: Vec<(String, String)>, body: Vec<u8> },
+    Fixed {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    },
     /// Chunked response with trailers.
-    Chunked { status: u16, chunks: Vec<Vec<u8>>, trailers: Vec<(String, String)> },
+    Chunked {
+        status: u16,
+        chunks: Vec<Vec<u8>>,
+        trailers: Vec<(String, String)>,
+    },
     /// Body delimited by closing the connection.
     UntilClose { status: u16, body: Vec<u8> },
     /// `len` generated bytes (see [`pattern`]) with Content-Length.
@@ -249,13 +298,20 @@ pub enum Reply {
 
 impl Reply {
     pub fn ok(body: &str) -> Reply {
-        Reply::Fixed { status: 200, headers: vec![], body: body.as_bytes().to_vec() }
+        Reply::Fixed {
+            status: 200,
+            headers: vec![],
+            body: body.as_bytes().to_vec(),
+        }
     }
 
     pub fn status(status: u16, headers: &[(&str, &str)], body: &str) -> Reply {
         Reply::Fixed {
             status,
-            headers: headers.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+            headers: headers
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
             body: body.as_bytes().to_vec(),
         }
     }
@@ -275,7 +331,12 @@ impl Gate {
         let mut open = self.0 .0.lock().unwrap();
         let deadline = Instant::now() + WAIT;
         while !*open && Instant::now() < deadline {
-            open = self.0 .1.wait_timeout(open, deadline - Instant::now()).unwrap().0;
+            open = self
+                .0
+                 .1
+                .wait_timeout(open, deadline - Instant::now())
+                .unwrap()
+                .0;
         }
     }
 }
@@ -353,7 +414,11 @@ impl Upstream {
         let mut reqs = self.state.requests.lock().unwrap();
         while reqs.len() < n {
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "upstream saw {} of {n} requests", reqs.len());
+            assert!(
+                !left.is_zero(),
+                "upstream saw {} of {n} requests",
+                reqs.len()
+            );
             reqs = self.state.arrived.wait_timeout(reqs, left).unwrap().0;
         }
         reqs.clone()
@@ -365,7 +430,9 @@ fn serve_upstream(stream: TcpStream, conn: usize, st: &UpState) {
     let mut reader = BufReader::with_capacity(64 * 1024, stream.try_clone().unwrap());
     let mut out = stream;
     loop {
-        let Some(mut rec) = read_request(&mut reader) else { return };
+        let Some(mut rec) = read_request(&mut reader) else {
+            return;
+        };
         rec.conn = conn;
         let reply = (st.handler)(&rec);
         st.requests.lock().unwrap().push(rec);
@@ -402,7 +469,12 @@ fn read_request(reader: &mut impl BufRead) -> Option<Recorded> {
         headers: req
             .headers
             .iter()
-            .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
+            .map(|h| {
+                (
+                    h.name.to_string(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
             .collect(),
         body_hash: FNV_OFFSET,
         ..Recorded::default()
@@ -445,11 +517,16 @@ pub fn fnv_of(data: &[u8]) -> u64 {
 fn record_body(rec: &mut Recorded, data: &[u8]) {
     rec.body_len += data.len() as u64;
     rec.body_hash = fnv(rec.body_hash, data);
-    let keep = (1usize << 20).saturating_sub(rec.body.len()).min(data.len());
+    let keep = (1usize << 20)
+        .saturating_sub(rec.body.len())
+        .min(data.len());
     rec.body.extend_from_slice(&data[..keep]);
 }
 
-fn read_chunked(reader: &mut impl BufRead, rec: &mut Recorded) -> Option<(u64, Vec<(String, String)>)> {
+fn read_chunked(
+    reader: &mut impl BufRead,
+    rec: &mut Recorded,
+) -> Option<(u64, Vec<(String, String)>)> {
     loop {
         let mut line = String::new();
         reader.read_line(&mut line).ok()?;
@@ -476,12 +553,18 @@ fn read_chunked(reader: &mut impl BufRead, rec: &mut Recorded) -> Option<(u64, V
 
 /// The generated body: byte i is `i % 251`.
 pub fn pattern(offset: u64, len: usize) -> Vec<u8> {
-    (0..len as u64).map(|i| ((offset + i) % 251) as u8).collect()
+    (0..len as u64)
+        .map(|i| ((offset + i) % 251) as u8)
+        .collect()
 }
 
 fn write_reply(out: &mut TcpStream, reply: Reply) -> bool {
     match reply {
-        Reply::Fixed { status, headers, body } => {
+        Reply::Fixed {
+            status,
+            headers,
+            body,
+        } => {
             let mut head = format!("HTTP/1.1 {status} X\r\ncontent-length: {}\r\n", body.len());
             for (n, v) in headers {
                 head.push_str(&format!("{n}: {v}\r\n"));
@@ -489,8 +572,13 @@ fn write_reply(out: &mut TcpStream, reply: Reply) -> bool {
             head.push_str("\r\n");
             out.write_all(head.as_bytes()).is_ok() && out.write_all(&body).is_ok()
         }
-        Reply::Chunked { status, chunks, trailers } => {
-            let mut msg = format!("HTTP/1.1 {status} X\r\ntransfer-encoding: chunked\r\n\r\n").into_bytes();
+        Reply::Chunked {
+            status,
+            chunks,
+            trailers,
+        } => {
+            let mut msg =
+                format!("HTTP/1.1 {status} X\r\ntransfer-encoding: chunked\r\n\r\n").into_bytes();
             for c in chunks {
                 msg.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
                 msg.extend_from_slice(&c);
@@ -509,7 +597,10 @@ fn write_reply(out: &mut TcpStream, reply: Reply) -> bool {
             false
         }
         Reply::Generated { len } => {
-            if out.write_all(format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n").as_bytes()).is_err() {
+            if out
+                .write_all(format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n").as_bytes())
+                .is_err()
+            {
                 return false;
             }
             let mut sent = 0u64;
@@ -554,7 +645,10 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn text(&self) -> String {
@@ -573,7 +667,10 @@ impl Client {
         let stream = TcpStream::connect(addr).unwrap();
         stream.set_read_timeout(Some(WAIT)).unwrap();
         stream.set_nodelay(true).unwrap();
-        Client { reader: BufReader::new(stream.try_clone().unwrap()), stream }
+        Client {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            stream,
+        }
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
@@ -586,17 +683,32 @@ impl Client {
             let head = read_head(&mut self.reader)?;
             let mut headers = [httparse::EMPTY_HEADER; 128];
             let mut res = httparse::Response::new(&mut headers);
-            res.parse(&head).unwrap_or_else(|e| panic!("bad response head {e:?}: {}", String::from_utf8_lossy(&head)));
+            res.parse(&head).unwrap_or_else(|e| {
+                panic!(
+                    "bad response head {e:?}: {}",
+                    String::from_utf8_lossy(&head)
+                )
+            });
             let status = res.code.unwrap();
             let headers: Vec<(String, String)> = res
                 .headers
                 .iter()
-                .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+                .map(|h| {
+                    (
+                        h.name.to_ascii_lowercase(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
                 .collect();
             if (100..200).contains(&status) {
                 continue;
             }
-            let mut r = Response { status, headers, body: Vec::new(), trailers: Vec::new() };
+            let mut r = Response {
+                status,
+                headers,
+                body: Vec::new(),
+                trailers: Vec::new(),
+            };
             if head_request || status == 204 || status == 304 {
                 return Some(r);
             }
@@ -623,7 +735,8 @@ impl Client {
     /// Sends a request and reads its response.
     pub fn request(&mut self, raw: &str) -> Response {
         self.send(raw.as_bytes());
-        self.read_response_to(raw.starts_with("HEAD ")).expect("a response")
+        self.read_response_to(raw.starts_with("HEAD "))
+            .expect("a response")
     }
 
     /// True when the server has closed the connection (EOF, no more bytes).
@@ -651,5 +764,8 @@ pub fn assert_json_error(r: &Response, status: u16) {
     let text = r.text();
     assert!(text.starts_with(r#"{"error":""#), "{text}");
     assert!(text.contains(&format!(r#""status":{status},"#)), "{text}");
-    assert!(text.ends_with(&format!(r#""request_id":"{id}"}}"#)), "{text}");
+    assert!(
+        text.ends_with(&format!(r#""request_id":"{id}"}}"#)),
+        "{text}"
+    );
 }

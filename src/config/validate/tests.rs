@@ -12,8 +12,14 @@ fn errors(text: &str) -> Vec<String> {
 #[test]
 fn defaults_are_documented_values() {
     let c = Config::parse("gw.toml", BASE).unwrap();
-    assert_eq!(c.timeouts.request_head, crate::config::defaults::REQUEST_HEAD);
-    assert_eq!(c.limits.max_body_bytes, crate::config::defaults::MAX_BODY_BYTES);
+    assert_eq!(
+        c.timeouts.request_head,
+        crate::config::defaults::REQUEST_HEAD
+    );
+    assert_eq!(
+        c.limits.max_body_bytes,
+        crate::config::defaults::MAX_BODY_BYTES
+    );
     assert_eq!(c.admin, Some("127.0.0.1:9901".parse().unwrap()));
     assert!(c.workers >= 1);
 }
@@ -23,13 +29,23 @@ fn unknown_key_names_line_and_key() {
     let text = format!("{BASE}\n[timeouts]\nrequest_head = \"5s\"\nrequest_haed = \"5s\"\n");
     let e = errors(&text);
     assert_eq!(e.len(), 1);
-    assert!(e[0].starts_with("gw.toml:7:1: timeouts.request_haed: unknown field"), "{}", e[0]);
+    assert!(
+        e[0].starts_with("gw.toml:7:1: timeouts.request_haed: unknown field"),
+        "{}",
+        e[0]
+    );
 }
 
 #[test]
 fn bad_duration_names_its_key() {
-    let e = errors(&format!("{BASE}[timeouts]\nupstream_connect = \"3 parsecs\"\n"));
-    assert!(e[0].starts_with("gw.toml:5:20: timeouts.upstream_connect:"), "{}", e[0]);
+    let e = errors(&format!(
+        "{BASE}[timeouts]\nupstream_connect = \"3 parsecs\"\n"
+    ));
+    assert!(
+        e[0].starts_with("gw.toml:5:20: timeouts.upstream_connect:"),
+        "{}",
+        e[0]
+    );
     assert!(e[0].contains("no valid unit"), "{}", e[0]);
 }
 
@@ -72,9 +88,21 @@ fn duplicate_names_and_bad_addresses() {
         "{BASE}[[listeners]]\nname = \"l\"\naddress = \"localhost:80\"\n[[clusters]]\nname = \"c\"\nendpoints = [\"127.0.0.1:1\"]\n[[clusters]]\nname = \"c\"\nendpoints = [\"127.0.0.1:2\"]\n"
     );
     let e = errors(&text);
-    assert!(e.iter().any(|d| d.contains("listeners[1].name: duplicate listener name")), "{e:#?}");
-    assert!(e.iter().any(|d| d.contains("listeners[1].address: \"localhost:80\" is not an IP:port")), "{e:#?}");
-    assert!(e.iter().any(|d| d.contains("clusters[1].name: duplicate cluster name")), "{e:#?}");
+    assert!(
+        e.iter()
+            .any(|d| d.contains("listeners[1].name: duplicate listener name")),
+        "{e:#?}"
+    );
+    assert!(
+        e.iter()
+            .any(|d| d.contains("listeners[1].address: \"localhost:80\" is not an IP:port")),
+        "{e:#?}"
+    );
+    assert!(
+        e.iter()
+            .any(|d| d.contains("clusters[1].name: duplicate cluster name")),
+        "{e:#?}"
+    );
 }
 
 #[test]
@@ -89,6 +117,14 @@ fn route_needs_one_action_and_rewrite_needs_a_prefix() {
         "{BASE}[[clusters]]\nname = \"c\"\nendpoints = [\"127.0.0.1:1\"]\n[[routes]]\nname = \"r\"\n[[routes]]\nname = \"s\"\nmatch = {{ path = \"/x\" }}\nproxy = {{ cluster = \"c\", rewrite_prefix = \"/y\" }}\n"
     );
     let e = errors(&text);
-    assert!(e.iter().any(|d| d.contains("routes[0]: a route needs exactly one of")), "{e:#?}");
-    assert!(e.iter().any(|d| d.contains("routes[1].proxy.rewrite_prefix: needs match.prefix")), "{e:#?}");
+    assert!(
+        e.iter()
+            .any(|d| d.contains("routes[0]: a route needs exactly one of")),
+        "{e:#?}"
+    );
+    assert!(
+        e.iter()
+            .any(|d| d.contains("routes[1].proxy.rewrite_prefix: needs match.prefix")),
+        "{e:#?}"
+    );
 }

@@ -1,6 +1,10 @@
 use super::*;
 
-const LIMITS: HeadLimits = HeadLimits { max_request_line: 128, max_header_bytes: 1024, max_headers: 8 };
+const LIMITS: HeadLimits = HeadLimits {
+    max_request_line: 128,
+    max_header_bytes: 1024,
+    max_headers: 8,
+};
 
 fn parse(raw: &[u8]) -> Result<(Parse, RequestHead), HeadError> {
     let mut head = RequestHead::default();
@@ -38,7 +42,10 @@ fn simple_get() {
 
 #[test]
 fn partial_until_blank_line() {
-    assert_eq!(parse(b"GET / HTTP/1.1\r\nHost: a\r\n").unwrap().0, Parse::Partial);
+    assert_eq!(
+        parse(b"GET / HTTP/1.1\r\nHost: a\r\n").unwrap().0,
+        Parse::Partial
+    );
     assert_eq!(parse(b"GET / HT").unwrap().0, Parse::Partial);
 }
 
@@ -46,14 +53,17 @@ fn partial_until_blank_line() {
 fn framing_and_connection() {
     let h = complete(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\r\n");
     assert_eq!(h.framing, Framing::Length(12));
-    let h = complete(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\nConnection: close\r\n\r\n");
+    let h = complete(
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\nConnection: close\r\n\r\n",
+    );
     assert_eq!(h.framing, Framing::Chunked);
     assert!(!h.keep_alive);
     let h = complete(b"GET / HTTP/1.0\r\n\r\n");
     assert!(!h.keep_alive, "HTTP/1.0 closes by default");
     let h = complete(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
     assert!(h.keep_alive);
-    let h = complete(b"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nExpect: 100-continue\r\n\r\n");
+    let h =
+        complete(b"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nExpect: 100-continue\r\n\r\n");
     assert!(h.expect_continue);
 }
 
@@ -94,7 +104,11 @@ fn smuggling_vectors_are_refused() {
         b"GET example.com HTTP/1.1\r\nHost: a\r\n\r\n",
     ];
     for raw in cases {
-        assert!(matches!(refused(raw), HeadError::Malformed(_)), "{:?}", String::from_utf8_lossy(raw));
+        assert!(
+            matches!(refused(raw), HeadError::Malformed(_)),
+            "{:?}",
+            String::from_utf8_lossy(raw)
+        );
     }
 }
 
@@ -104,7 +118,10 @@ fn limits_have_their_own_errors() {
     assert_eq!(refused(long.as_bytes()), HeadError::UriTooLong);
     let partial_long = format!("GET /{}", "a".repeat(200));
     assert_eq!(refused(partial_long.as_bytes()), HeadError::UriTooLong);
-    let big = format!("GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n", "b".repeat(1100));
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n",
+        "b".repeat(1100)
+    );
     assert_eq!(refused(big.as_bytes()), HeadError::HeadersTooLarge);
     let partial_big = format!("GET / HTTP/1.1\r\nHost: a\r\nX: {}", "b".repeat(1100));
     assert_eq!(refused(partial_big.as_bytes()), HeadError::HeadersTooLarge);
@@ -139,8 +156,15 @@ fn response(raw: &[u8], head_request: bool) -> Result<ResponseHead, HeadError> {
 #[test]
 fn response_framing() {
     let r = response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false).unwrap();
-    assert_eq!((r.status, r.framing, r.keep_alive), (200, Framing::Length(5), true));
-    let r = response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false).unwrap();
+    assert_eq!(
+        (r.status, r.framing, r.keep_alive),
+        (200, Framing::Length(5), true)
+    );
+    let r = response(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        false,
+    )
+    .unwrap();
     assert_eq!(r.framing, Framing::Chunked);
     let r = response(b"HTTP/1.1 200 OK\r\n\r\n", false).unwrap();
     assert_eq!((r.framing, r.keep_alive), (Framing::UntilClose, false));
@@ -148,11 +172,22 @@ fn response_framing() {
     assert_eq!(r.framing, Framing::Empty);
     for status in ["204 No Content", "304 Not Modified", "103 Early Hints"] {
         let raw = format!("HTTP/1.1 {status}\r\nContent-Length: 5\r\n\r\n");
-        assert_eq!(response(raw.as_bytes(), false).unwrap().framing, Framing::Empty);
+        assert_eq!(
+            response(raw.as_bytes(), false).unwrap().framing,
+            Framing::Empty
+        );
     }
     let r = response(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false).unwrap();
     assert!(!r.keep_alive);
-    assert!(response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", false).is_err());
-    assert!(response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", false).is_err());
+    assert!(response(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+        false
+    )
+    .is_err());
+    assert!(response(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+        false
+    )
+    .is_err());
     assert!(response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false).is_err());
 }
