@@ -198,9 +198,7 @@ impl Drop for Gateway {
 fn field(line: &str, key: &str) -> Option<String> {
     let start = line.find(key)? + key.len();
     let rest = line[start..].trim_start_matches('"');
-    let end = rest
-        .find([' ', '"'])
-        .unwrap_or(rest.len());
+    let end = rest.find([' ', '"']).unwrap_or(rest.len());
     Some(rest[..end].to_string())
 }
 
