@@ -81,8 +81,9 @@ pub fn run(config_path: PathBuf, config: Config) -> Result<(), StartError> {
         }
     }
     let driver = drivers.first().map_or("none", |d| d.name());
-    tracing::info!(workers = handles.len(), driver, "ready");
+    // Readiness first: whoever acts on the log line must find /readyz ready.
     state.ready.store(true, Ordering::Release);
+    tracing::info!(workers = handles.len(), driver, "ready");
 
     let mut current = config;
     for signal in signals.forever() {
