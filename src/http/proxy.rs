@@ -125,7 +125,19 @@ pub async fn forward<S: Stream>(
     };
     let _in_flight = InFlight::new(ep);
 
-    write_request_head(d, action, route.path.prefix_len(), cfg.via, ep.address, id);
+    let upstream_head = UpstreamHead {
+        action,
+        prefix_len: route.path.prefix_len(),
+        via: cfg.via,
+        endpoint: ep.address,
+        peer: d.peer.ip(),
+        id,
+    };
+    let view = RequestView {
+        head: &d.head,
+        buf: &d.rbuf[d.start..],
+    };
+    render_request_head(&mut d.wbuf, view, &upstream_head);
     d.consume_head();
 
     loop {
@@ -441,20 +453,24 @@ fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     let _ = write!(out, "{ip}");
 }
 
-/// Renders the upstream request head into `d.wbuf`.
-fn write_request_head<S: Stream>(
-    d: &mut Downstream<S>,
-    action: &ProxyAction,
-    prefix_len: usize,
-    via: bool,
-    endpoint: SocketAddr,
-    id: &RequestId,
-) {
-    let view = RequestView {
-        head: &d.head,
-        buf: &d.rbuf[d.start..],
-    };
-    let out = &mut d.wbuf;
+/// What the upstream request head is built from, besides the request itself.
+pub struct UpstreamHead<'a> {
+    pub action: &'a ProxyAction,
+    /// Length of the matched route prefix (for `rewrite_prefix`).
+    pub prefix_len: usize,
+    pub via: bool,
+    /// Used as Host when the client sent none (HTTP/1.0).
+    pub endpoint: SocketAddr,
+    pub peer: IpAddr,
+    pub id: &'a RequestId,
+}
+
+/// Renders the upstream request head for `view` into `out`: request line
+/// with the rewritten path, Host, end-to-end fields, forwarding fields,
+/// request id and canonical framing.
+pub fn render_request_head(out: &mut Vec<u8>, view: RequestView<'_>, up: &UpstreamHead<'_>) {
+    let (action, prefix_len, via, endpoint, id) =
+        (up.action, up.prefix_len, up.via, up.endpoint, up.id);
     out.clear();
     out.extend_from_slice(view.method_bytes());
     out.push(b' ');
@@ -515,7 +531,7 @@ fn write_request_head<S: Stream>(
         out.extend_from_slice(v);
         out.extend_from_slice(b", ");
     }
-    push_ip(out, d.peer.ip());
+    push_ip(out, up.peer);
     out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
     if let Some(h) = client_host {
         push_header(out, b"x-forwarded-host", h);
