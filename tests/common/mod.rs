@@ -345,6 +345,9 @@ struct UpState {
     requests: Mutex<Vec<Recorded>>,
     arrived: Condvar,
     connections: AtomicUsize,
+    /// Connections this upstream has closed (its socket dropped).
+    closed: Mutex<usize>,
+    closed_cv: Condvar,
     handler: Box<Handler>,
 }
 
@@ -373,6 +376,8 @@ impl Upstream {
             requests: Mutex::new(Vec::new()),
             arrived: Condvar::new(),
             connections: AtomicUsize::new(0),
+            closed: Mutex::new(0),
+            closed_cv: Condvar::new(),
             handler: Box::new(handler),
         });
         let st = state.clone();
@@ -381,7 +386,11 @@ impl Upstream {
                 let Ok(stream) = stream else { continue };
                 let id = st.connections.fetch_add(1, Ordering::SeqCst) + 1;
                 let st = st.clone();
-                std::thread::spawn(move || serve_upstream(stream, id, &st));
+                std::thread::spawn(move || {
+                    serve_upstream(stream, id, &st);
+                    *st.closed.lock().unwrap() += 1;
+                    st.closed_cv.notify_all();
+                });
             }
         });
         Upstream { addr, state }
@@ -404,6 +413,20 @@ impl Upstream {
     /// TCP connections accepted so far.
     pub fn connections(&self) -> usize {
         self.state.connections.load(Ordering::SeqCst)
+    }
+
+    /// Waits until this upstream has closed at least `n` connections.
+    pub fn wait_closed(&self, n: usize) {
+        let guard = self.state.closed.lock().unwrap();
+        let (_closed, timeout) = self
+            .state
+            .closed_cv
+            .wait_timeout_while(guard, WAIT, |c| *c < n)
+            .unwrap();
+        assert!(
+            !timeout.timed_out(),
+            "upstream closed fewer than {n} connections"
+        );
     }
 
     /// Waits until at least `n` requests have arrived.
