@@ -372,3 +372,45 @@ fn works_with_a_real_http_client() {
     assert_eq!(r.into_string().unwrap(), "POST /p");
     assert_eq!(up.requests().last().unwrap().body, b"payload");
 }
+
+#[test]
+fn via_is_added_when_configured() {
+    let up = Upstream::new(Reply::ok("ok"));
+    let text = config(
+        "io_uring",
+        &format!("{}{}", cluster("c", &[&up], ""), route_all("c")),
+    )
+    .replace("[server]\n", "[server]\nvia = true\n");
+    let gw = Gateway::start(&text);
+    let r = get(gw.main(), "/");
+    assert_eq!(r.header("via"), Some("1.1 ringgate"));
+    assert_eq!(up.requests()[0].header("via"), Some("1.1 ringgate"));
+    // Off by default.
+    let plain = gateway("io_uring", &up, "");
+    assert_eq!(get(plain.main(), "/").header("via"), None);
+    assert_eq!(up.requests()[1].header("via"), None);
+}
+
+#[test]
+fn stalled_upstream_body_cuts_the_response() {
+    // A head promising 10 bytes, 3 bytes, then silence.
+    let up = Upstream::new(Reply::Raw(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc".to_vec(),
+    ));
+    let body = format!(
+        "[timeouts]\nupstream_idle = \"300ms\"\n{}{}",
+        cluster("c", &[&up], ""),
+        route_all("c")
+    );
+    let gw = Gateway::start(&config("io_uring", &body));
+    let mut c = Client::connect(gw.main());
+    c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut all = Vec::new();
+    std::io::Read::read_to_end(&mut c.reader, &mut all).unwrap();
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    assert!(
+        text.ends_with("\r\n\r\nabc"),
+        "the client sees a short body, then the close: {text}"
+    );
+}

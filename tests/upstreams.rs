@@ -168,6 +168,33 @@ fn consistent_hash_is_sticky_per_key() {
 }
 
 #[test]
+fn consistent_hash_on_client_ip() {
+    let ups = [
+        Upstream::named("a"),
+        Upstream::named("b"),
+        Upstream::named("c"),
+    ];
+    let gw = Gateway::start(&config(
+        "io_uring",
+        &format!(
+            "{}{}",
+            cluster(
+                "c",
+                &[&ups[0], &ups[1], &ups[2]],
+                "balancer = \"consistent_hash\""
+            ),
+            route_all("c")
+        ),
+    ));
+    // Every request comes from 127.0.0.1: whichever worker and connection
+    // carries it, one endpoint gets them all.
+    let first = get(gw.main(), "/").text();
+    for _ in 0..30 {
+        assert_eq!(get(gw.main(), "/").text(), first);
+    }
+}
+
+#[test]
 fn keep_alive_is_reused_on_both_sides() {
     for driver in DRIVERS {
         let up = Upstream::new(Reply::ok("pong"));
