@@ -25,6 +25,24 @@ fn plain(_: usize) -> String {
     "GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_string()
 }
 
+/// Upstreams "a", "b", "c" behind cluster "c" with `extra` cluster settings.
+fn three_upstreams(extra: &str) -> ([Upstream; 3], Gateway) {
+    let ups = [
+        Upstream::named("a"),
+        Upstream::named("b"),
+        Upstream::named("c"),
+    ];
+    let gw = Gateway::start(&config(
+        "io_uring",
+        &format!(
+            "{}{}",
+            cluster("c", &[&ups[0], &ups[1], &ups[2]], extra),
+            route_all("c")
+        ),
+    ));
+    (ups, gw)
+}
+
 #[test]
 fn round_robin_is_even() {
     let ups = [
@@ -124,23 +142,7 @@ fn least_request_avoids_the_busy_endpoint() {
 
 #[test]
 fn consistent_hash_is_sticky_per_key() {
-    let ups = [
-        Upstream::named("a"),
-        Upstream::named("b"),
-        Upstream::named("c"),
-    ];
-    let gw = Gateway::start(&config(
-        "io_uring",
-        &format!(
-            "{}{}",
-            cluster(
-                "c",
-                &[&ups[0], &ups[1], &ups[2]],
-                "balancer = \"consistent_hash\"\nhash_header = \"x-user\""
-            ),
-            route_all("c")
-        ),
-    ));
+    let (_ups, gw) = three_upstreams("balancer = \"consistent_hash\"\nhash_header = \"x-user\"");
     let mut owner: HashMap<usize, String> = HashMap::new();
     let mut spread: HashMap<String, usize> = HashMap::new();
     for round in 0..3 {
@@ -169,23 +171,7 @@ fn consistent_hash_is_sticky_per_key() {
 
 #[test]
 fn consistent_hash_on_client_ip() {
-    let ups = [
-        Upstream::named("a"),
-        Upstream::named("b"),
-        Upstream::named("c"),
-    ];
-    let gw = Gateway::start(&config(
-        "io_uring",
-        &format!(
-            "{}{}",
-            cluster(
-                "c",
-                &[&ups[0], &ups[1], &ups[2]],
-                "balancer = \"consistent_hash\""
-            ),
-            route_all("c")
-        ),
-    ));
+    let (_ups, gw) = three_upstreams("balancer = \"consistent_hash\"");
     // Every request comes from 127.0.0.1: whichever worker and connection
     // carries it, one endpoint gets them all.
     let first = get(gw.main(), "/").text();

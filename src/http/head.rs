@@ -16,7 +16,6 @@
 //! vector has grown to its working size.
 
 use std::mem::MaybeUninit;
-use std::ops::Range;
 
 /// Request methods the gateway names; anything else is `Other` (still proxied).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,14 +109,6 @@ impl Span {
 
     pub fn get(self, buf: &[u8]) -> &[u8] {
         &buf[self.start as usize..self.end as usize]
-    }
-
-    pub fn range(self) -> Range<usize> {
-        self.start as usize..self.end as usize
-    }
-
-    pub fn is_empty(self) -> bool {
-        self.start == self.end
     }
 }
 

@@ -113,7 +113,6 @@ pub async fn forward<S: Stream>(
                 last = match e {
                     ConnectError::TimedOut => GatewayError::GatewayTimeout,
                     ConnectError::Failed(_) => GatewayError::BadGateway,
-                    ConnectError::NoEndpoint => GatewayError::Unavailable,
                 };
                 tried |= 1u64.checked_shl(i as u32).unwrap_or(0);
                 attempts += 1;
@@ -203,8 +202,9 @@ async fn attempt<S: Stream>(
     // request body
     if framing != Framing::Empty {
         if d.head.expect_continue {
-            let mut cont = CONTINUE.to_vec();
-            if write_all(&mut d.stream, &mut cont).await.is_err() {
+            d.scratch.clear();
+            d.scratch.extend_from_slice(CONTINUE);
+            if write_all(&mut d.stream, &mut d.scratch).await.is_err() {
                 return Err(Attempt::Fail(Next::Close));
             }
         }

@@ -44,9 +44,6 @@ pub struct Endpoint {
     fails: Cell<u32>,
     /// Ejected until then after `max_fails` consecutive failures.
     down_until: Cell<Option<Instant>>,
-    /// Connections this worker opened to the endpoint (tests and metrics).
-    pub opened: Cell<u64>,
-    pub reused: Cell<u64>,
 }
 
 /// A cluster as seen by one worker.
@@ -61,12 +58,9 @@ pub struct Upstreams {
     pub clusters: Box<[Cluster]>,
 }
 
-/// Why no connection could be had; each maps to one status.
+/// Why a connection could not be opened; each maps to one status.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    /// 503: every endpoint is ejected or was already tried.
-    #[error("no usable endpoint")]
-    NoEndpoint,
     /// 502: refused, reset, unreachable.
     #[error("connect failed: {0}")]
     Failed(io::Error),
@@ -93,8 +87,6 @@ impl Upstreams {
                         in_flight: Cell::new(0),
                         fails: Cell::new(0),
                         down_until: Cell::new(None),
-                        opened: Cell::new(0),
-                        reused: Cell::new(0),
                     })
                     .collect(),
                 config: c.clone(),
@@ -137,7 +129,6 @@ impl Endpoint {
             if verify && !crate::sys::socket_is_quiet(conn.stream.as_raw_fd()) {
                 continue;
             }
-            self.reused.set(self.reused.get() + 1);
             return Some(conn);
         }
         None
@@ -171,7 +162,6 @@ impl Endpoint {
         match &outcome {
             Ok(_) => {
                 self.fails.set(0);
-                self.opened.set(self.opened.get() + 1);
             }
             Err(_) => {
                 let fails = self.fails.get() + 1;
