@@ -12,6 +12,7 @@ use signal_hook::iterator::Signals;
 
 use crate::admin::{self, AdminState};
 use crate::config::Config;
+use crate::sys::AllocCounter;
 use crate::worker::{self, Control, WorkerHandle};
 
 /// Why the gateway could not start.
@@ -36,7 +37,13 @@ pub fn run(config_path: PathBuf, config: Config) -> Result<(), StartError> {
     for (l, address) in config.listeners.iter().zip(&addresses) {
         tracing::info!(listener = %l.name, %address, "listening");
     }
-    let state = Arc::new(AdminState::default());
+    // One allocation counter per worker, for the process's lifetime.
+    let allocations: &'static [AllocCounter] = Box::leak(
+        (0..config.workers)
+            .map(|_| AllocCounter::default())
+            .collect(),
+    );
+    let state = Arc::new(AdminState::new(allocations));
     if let Some(address) = config.admin {
         let socket = admin::bind(address).map_err(|e| {
             std::io::Error::new(
@@ -62,6 +69,7 @@ pub fn run(config_path: PathBuf, config: Config) -> Result<(), StartError> {
             config.clone(),
             listeners,
             core,
+            &allocations[id],
             started_tx.clone(),
         )?);
     }

@@ -13,7 +13,7 @@
 //! - `admin`: the admin listener (`/healthz`, `/readyz`).
 //! - `observability`: operational logging.
 //! - `error`: the gateway error and its one mapping to HTTP statuses.
-//! - `sys`: the single place with `unsafe` (a socket peek).
+//! - `sys`: the single place with `unsafe` (a socket peek, the counting allocator).
 //!
 //! docs/DESIGN.md draws how these fit together.
 
@@ -26,6 +26,6 @@ pub mod error;
 pub mod http;
 pub mod observability;
 pub mod routing;
-mod sys;
+pub mod sys;
 pub mod upstream;
 pub mod worker;

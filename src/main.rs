@@ -8,6 +8,10 @@ use ringgate::config::Config;
 
 const DEFAULT_CONFIG: &str = "config/ringgate.toml";
 
+/// Counts allocations per worker (admin `/stats/allocations`).
+#[global_allocator]
+static ALLOCATOR: ringgate::sys::CountingAlloc = ringgate::sys::CountingAlloc;
+
 #[derive(Parser)]
 #[command(
     name = "ringgate",

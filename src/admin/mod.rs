@@ -5,6 +5,8 @@
 //! - `GET /healthz`: 200 while the process runs.
 //! - `GET /readyz`: 200 once every worker accepts and the config is loaded,
 //!   503 before that and while draining.
+//! - `GET /stats/allocations`: heap allocations made by each worker since
+//!   start, `{"workers":[n0,n1,...]}`; flat under steady traffic.
 //!
 //! # Adding an endpoint
 //! Add a branch to [`route`], a test in tests/admin.rs, and a line in
@@ -21,11 +23,22 @@ use monoio::net::{TcpListener, TcpStream};
 use crate::http::head::{parse_request, HeadLimits, Method, Parse, RequestHead, RequestView};
 use crate::http::io::{read_into, write_all};
 use crate::http::response::{push_u64, status_line};
+use crate::sys::AllocCounter;
 
 /// What the admin endpoints report.
-#[derive(Debug, Default)]
 pub struct AdminState {
     pub ready: AtomicBool,
+    /// Per-worker allocation counters (written by their workers only).
+    allocations: &'static [AllocCounter],
+}
+
+impl AdminState {
+    pub fn new(allocations: &'static [AllocCounter]) -> Self {
+        Self {
+            ready: AtomicBool::new(false),
+            allocations,
+        }
+    }
 }
 
 const LIMITS: HeadLimits = HeadLimits {
@@ -89,7 +102,7 @@ async fn accept_loop(socket: std::net::TcpListener, state: Arc<AdminState>) {
 async fn handle(mut stream: TcpStream, state: Arc<AdminState>) {
     let mut buf = Vec::with_capacity(4096);
     let mut head = RequestHead::default();
-    let (status, body) = loop {
+    let (status, body): (u16, std::borrow::Cow<'static, str>) = loop {
         match monoio::time::timeout(READ_TIMEOUT, read_into(&mut stream, &mut buf)).await {
             Ok(Ok(n)) if n > 0 => {}
             _ => return,
@@ -105,7 +118,7 @@ async fn handle(mut stream: TcpStream, state: Arc<AdminState>) {
                 )
             }
             Ok(Parse::Partial) => {}
-            Err(_) => break (400, r#"{"error":"bad request","status":400}"#),
+            Err(_) => break (400, r#"{"error":"bad request","status":400}"#.into()),
         }
     };
     let mut out = Vec::with_capacity(256);
@@ -120,14 +133,25 @@ async fn handle(mut stream: TcpStream, state: Arc<AdminState>) {
     let _ = stream.shutdown().await;
 }
 
-fn route(req: &RequestView<'_>, state: &AdminState) -> (u16, &'static str) {
+fn route(req: &RequestView<'_>, state: &AdminState) -> (u16, std::borrow::Cow<'static, str>) {
     if !matches!(req.head.method, Method::Get | Method::Head) {
-        return (405, r#"{"error":"method not allowed","status":405}"#);
+        return (405, r#"{"error":"method not allowed","status":405}"#.into());
     }
     match req.path() {
-        b"/healthz" => (200, r#"{"status":"ok"}"#),
-        b"/readyz" if state.ready.load(Ordering::Acquire) => (200, r#"{"status":"ready"}"#),
-        b"/readyz" => (503, r#"{"status":"not ready"}"#),
-        _ => (404, r#"{"error":"not found","status":404}"#),
+        b"/healthz" => (200, r#"{"status":"ok"}"#.into()),
+        b"/readyz" if state.ready.load(Ordering::Acquire) => (200, r#"{"status":"ready"}"#.into()),
+        b"/readyz" => (503, r#"{"status":"not ready"}"#.into()),
+        b"/stats/allocations" => {
+            let counts: Vec<String> = state
+                .allocations
+                .iter()
+                .map(|c| c.0.load(Ordering::Relaxed).to_string())
+                .collect();
+            (
+                200,
+                format!(r#"{{"workers":[{}]}}"#, counts.join(",")).into(),
+            )
+        }
+        _ => (404, r#"{"error":"not found","status":404}"#.into()),
     }
 }

@@ -165,12 +165,14 @@ pub fn spawn(
     config: Arc<Config>,
     listeners: Vec<BoundListener>,
     core: Option<core_affinity::CoreId>,
+    allocations: &'static crate::sys::AllocCounter,
     started: mpsc::Sender<Result<Driver, String>>,
 ) -> io::Result<WorkerHandle> {
     let (tx, rx) = async_channel::unbounded();
     let thread = std::thread::Builder::new()
         .name(format!("ringgate-w{id}"))
         .spawn(move || {
+            crate::sys::count_allocations_into(allocations);
             if let Some(core) = core {
                 if !core_affinity::set_for_current(core) {
                     tracing::warn!(

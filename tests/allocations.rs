@@ -1,0 +1,64 @@
+//! The plain proxy path allocates nothing per request once warm: buffers,
+//! header vectors and pooled upstream connections are reused. Measured with
+//! the gateway's own per-worker allocation counters.
+
+mod common;
+
+use common::*;
+
+/// Sum of the workers' allocation counters, from the admin listener.
+fn allocations(gw: &Gateway) -> u64 {
+    let text = get(gw.admin(), "/stats/allocations").text();
+    let list = text
+        .trim_start_matches(r#"{"workers":["#)
+        .trim_end_matches("]}");
+    list.split(',').map(|n| n.parse::<u64>().unwrap()).sum()
+}
+
+/// Runs `rounds` requests over `clients` keep-alive connections.
+fn drive(clients: &mut [Client], rounds: usize, raw: &str, want: &str) {
+    for _ in 0..rounds {
+        for c in clients.iter_mut() {
+            assert_eq!(c.request(raw).text(), want);
+        }
+    }
+}
+
+#[test]
+fn steady_state_proxying_does_not_allocate_per_request() {
+    for driver in DRIVERS {
+        let up = Upstream::new(Reply::status(
+            200,
+            &[("content-type", "text/plain"), ("x-a", "1")],
+            "pong",
+        ));
+        let gw = Gateway::start(&config(
+            driver,
+            &format!("{}{}", cluster("c", &[&up], ""), route_all("c")),
+        ));
+        let mut clients: Vec<Client> = (0..4).map(|_| Client::connect(gw.main())).collect();
+        let get_req = "GET /api/items?id=1 HTTP/1.1\r\nHost: shop.test\r\nUser-Agent: test\r\nAccept: */*\r\nX-Forwarded-For: 203.0.113.1\r\n\r\n";
+        let post_req = "POST /api/items HTTP/1.1\r\nHost: shop.test\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n{\"name\":\"x\"}\n";
+
+        // Warm up: connection buffers and upstream pools reach their size.
+        drive(&mut clients, 100, get_req, "pong");
+        drive(&mut clients, 100, post_req, "pong");
+        let before = allocations(&gw);
+        drive(&mut clients, 500, get_req, "pong");
+        drive(&mut clients, 500, post_req, "pong");
+        let after = allocations(&gw);
+
+        let requests = 4 * 1000;
+        let per_request = (after - before) as f64 / requests as f64;
+        eprintln!(
+            "{driver}: {} allocations for {requests} requests",
+            after - before
+        );
+        assert!(
+            per_request < 0.01,
+            "{driver}: {} allocations for {requests} warm requests",
+            after - before
+        );
+        assert!(before > 0, "the counters count (start-up allocates)");
+    }
+}
