@@ -2,7 +2,8 @@
 # Side-by-side proxy comparison: ringgate vs nginx vs HAProxy in front of the
 # same origin, on one machine, in one run.
 #
-#   perf/compare.sh [--reps N] [--duration SECONDS] [--connections N] [--scenarios "small 16k ..."]
+#   perf/compare.sh [--reps N] [--duration SECONDS] [--connections N]
+#                   [--scenarios "small 16k 1m post64k newconn"] [--no-latency] [--no-idle]
 #
 # Layout (2 cores): every proxy runs ONE worker pinned to core 0; the origin
 # (nginx serving fixed bodies) and the load generator (wrk) are pinned to
@@ -18,6 +19,15 @@
 #                TcpActiveOpens delta minus wrk's own connections)
 #   errors       socket errors + non-2xx responses (must be 0)
 #
+# Then, unless disabled:
+#   latency      open-loop constant-rate load (perf/loadgen, coordinated
+#                omission corrected, hdrhistogram) at half of nginx's
+#                saturated small-GET rate from this run: p50/p90/p99/p99.9/max,
+#                .hgrm files and latency.svg with every target's curve
+#   idle         resident memory of each proxy holding 10,000 idle
+#                keep-alive client connections (fewer where the descriptor
+#                hard limit cannot hold them; the table says how many)
+#
 # Output: a markdown table on stdout and in perf/results/<time>/summary.md,
 # with every raw wrk output beside it.
 set -euo pipefail
@@ -26,8 +36,12 @@ REPS=3
 DURATION=10
 CONNS=50
 SCENARIOS="small 16k 1m post64k newconn"
+LATENCY=1
+IDLE=1
 while [ $# -gt 0 ]; do
   case "$1" in
+    --no-latency) LATENCY=0; shift ;;
+    --no-idle) IDLE=0; shift ;;
     --reps) REPS=$2; shift 2 ;;
     --duration) DURATION=$2; shift 2 ;;
     --connections) CONNS=$2; shift 2 ;;
@@ -50,7 +64,15 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 (cd "$ROOT" && cargo build --release --quiet)
+(cd "$ROOT/perf/loadgen" && cargo build --release --quiet)
 RINGGATE="$ROOT/target/release/ringgate"
+LOADGEN="$ROOT/perf/loadgen/target/release/ringgate-loadgen"
+# Idle client connections need descriptors: 10,000 where the hard limit
+# allows. HAProxy reserves two descriptors per connection of its maxconn, so
+# the count is capped at half the hard limit, less headroom.
+ulimit -n "$(ulimit -Hn)"
+IDLE_CONNS=$(( $(ulimit -n) / 2 - 500 ))
+[ "$IDLE_CONNS" -gt 10000 ] && IDLE_CONNS=10000
 
 ORIGIN=18080; P_RINGGATE=18081; P_NGINX=18082; P_HAPROXY=18083
 
@@ -86,7 +108,8 @@ worker_processes 1;
 daemon off;
 pid $WORK/nginx.pid;
 error_log $WORK/logs/nginx.err;
-events { worker_connections 8192; }
+events { worker_connections 30000; }
+worker_rlimit_nofile 65536;
 http {
   access_log off;
   keepalive_requests 1000000;
@@ -108,7 +131,7 @@ EOF
 cat > "$WORK/haproxy.cfg" <<EOF
 global
   nbthread 1
-  maxconn 5000
+  maxconn $((IDLE_CONNS + 100))
 defaults
   mode http
   timeout connect 5s
@@ -133,6 +156,7 @@ level = "warn"
 [[listeners]]
 name = "bench"
 address = "127.0.0.1:$P_RINGGATE"
+max_connections = 30000
 [[clusters]]
 name = "origin"
 endpoints = ["127.0.0.1:$ORIGIN"]
@@ -240,5 +264,109 @@ for s in scen:
         r_cpu = cpu / med(base, 1) if base else float("nan")
         print(f"| {s} | {t} | {rps:,.0f} | {r_rps:.2f} | {cpu:.1f} | {r_cpu:.2f} | {med(v,2):.3f} | {med(v,3):.3f} | {med(v,4):.1f} | {sum(x[5] for x in v)} |")
 PY
+
+# ---- latency at a fixed rate, open loop
+if [ "$LATENCY" = 1 ]; then
+  RATE=$(python3 -c "
+import statistics
+rows = [l.split() for l in open('$OUT/raw.tsv').read().splitlines()[1:] if l.split()[:2] == ['nginx', 'small']]
+print(int(statistics.median(float(r[3]) for r in rows) / 2) if rows else 10000)")
+  echo "target rep p50 p90 p99 p999 max requests errors" > "$OUT/latency.tsv"
+  for rep in $(seq "$REPS"); do
+    for target in $TARGETS; do
+      url="http://127.0.0.1:$(port_of "$target")/small"
+      line=$(taskset -c 1 "$LOADGEN" "$url" "$RATE" "$DURATION" 64 "$OUT/$target.latency.$rep.hgrm")
+      python3 -c "
+import sys; kv = dict(x.split('=') for x in sys.argv[1].split())
+print('$target', $rep, kv['p50_ms'], kv['p90_ms'], kv['p99_ms'], kv['p999_ms'], kv['max_ms'], kv['requests'], kv['errors'])" "$line" >> "$OUT/latency.tsv"
+    done
+  done
+  python3 - "$OUT" "$RATE" <<'PY' | tee -a "$OUT/summary.md"
+import statistics, sys, os
+out, rate = sys.argv[1], sys.argv[2]
+rows = [l.split() for l in open(f"{out}/latency.tsv").read().splitlines()[1:]]
+targets = list(dict.fromkeys(r[0] for r in rows))
+print(f"\nOpen-loop latency at {int(rate):,} requests/s (half of nginx's saturated small-GET rate), 64 connections, ms, median of reps:\n")
+print("| target | p50 | p90 | p99 | p99.9 | max | errors |")
+print("|---|---:|---:|---:|---:|---:|---:|")
+best = {}
+for t in targets:
+    v = [r for r in rows if r[0] == t]
+    med = [statistics.median(float(r[i]) for r in v) for i in range(2, 7)]
+    print(f"| {t} | " + " | ".join(f"{x:.3f}" for x in med) + f" | {sum(int(r[8]) for r in v)} |")
+    # the rep with the median p99 is the one drawn
+    v.sort(key=lambda r: float(r[4]))
+    best[t] = v[len(v) // 2][1]
+# latency.svg: percentile curves, x = 1/(1-p) on a log scale
+import math
+curves = {}
+for t, rep in best.items():
+    pts = []
+    for line in open(f"{out}/{t}.latency.{rep}.hgrm"):
+        f = line.split()
+        if len(f) == 4 and f[0][0].isdigit():
+            pts.append((float(f[3]), float(f[0])))
+    curves[t] = pts
+W, H, L, B = 760, 420, 60, 40
+xmax = 1e4
+ymax = max(y for pts in curves.values() for x, y in pts if x <= xmax) * 1.1
+sx = lambda x: L + (W - L - 20) * math.log10(max(x, 1)) / math.log10(xmax)
+sy = lambda y: H - B - (H - B - 20) * y / ymax
+colors = {"ringgate": "#d62728", "nginx": "#2ca02c", "haproxy": "#1f77b4"}
+svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
+       f'<rect width="{W}" height="{H}" fill="white"/>',
+       f'<text x="{W/2}" y="14" text-anchor="middle">Latency by percentile at {int(rate):,} req/s (open loop)</text>']
+for k, label in enumerate(["0%", "90%", "99%", "99.9%", "99.99%"]):
+    x = sx(10 ** k)
+    svg.append(f'<line x1="{x}" y1="20" x2="{x}" y2="{H-B}" stroke="#ddd"/><text x="{x}" y="{H-B+15}" text-anchor="middle">{label}</text>')
+for k in range(6):
+    y = ymax * k / 5
+    svg.append(f'<line x1="{L}" y1="{sy(y)}" x2="{W-20}" y2="{sy(y)}" stroke="#eee"/><text x="{L-5}" y="{sy(y)+4}" text-anchor="end">{y:.2f}</text>')
+svg.append(f'<text x="14" y="{H/2}" transform="rotate(-90 14 {H/2})" text-anchor="middle">ms</text>')
+for i, (t, pts) in enumerate(curves.items()):
+    path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts if x <= xmax)
+    c = colors.get(t, "#555")
+    svg.append(f'<polyline fill="none" stroke="{c}" stroke-width="2" points="{path}"/>')
+    svg.append(f'<text x="{L+10}" y="{40+16*i}" fill="{c}">{t}</text>')
+svg.append("</svg>")
+open(f"{out}/latency.svg", "w").write("\n".join(svg))
+print(f"\n(curves: {out}/latency.svg)")
+PY
+fi
+
+# ---- memory with 10,000 idle keep-alive client connections
+if [ "$IDLE" = 1 ]; then
+  echo "" | tee -a "$OUT/summary.md"
+  echo "| target | RSS before | RSS with $IDLE_CONNS idle keep-alive connections | per connection |" | tee -a "$OUT/summary.md"
+  echo "|---|---:|---:|---:|" | tee -a "$OUT/summary.md"
+  for target in $TARGETS; do
+    rss() { local t=0; for p in $(pids_of "$target"); do t=$((t + $(awk '/^VmRSS/ {print $2}' "/proc/$p/status"))); done; echo $t; }
+    before=$(rss)
+    taskset -c 1 python3 - "$(port_of "$target")" "$OUT/idle.$target.ready" "$IDLE_CONNS" <<'PY' &
+import socket, sys, time
+port, flag, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+conns = []
+for i in range(n):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"GET /small HTTP/1.1\r\nHost: x\r\n\r\n")
+    got = b""
+    while not got.endswith(b"hello world\n"):
+        chunk = s.recv(4096)
+        if not chunk:
+            raise SystemExit(f"connection {i} closed")
+        got += chunk
+    conns.append(s)
+open(flag, "w").write("ok")
+time.sleep(600)
+PY
+    holder=$!
+    for _ in $(seq 1200); do [ -f "$OUT/idle.$target.ready" ] && break; sleep 0.1; done
+    after=$(rss)
+    kill $holder 2>/dev/null || true
+    wait $holder 2>/dev/null || true
+    python3 -c "print(f'| $target | {$before/1024:.1f} MiB | {$after/1024:.1f} MiB | {($after-$before)/$IDLE_CONNS:.2f} KiB |')" | tee -a "$OUT/summary.md"
+  done
+fi
+
 echo
 echo "raw results: $OUT"
