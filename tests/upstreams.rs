@@ -319,3 +319,27 @@ fn upstream_closing_without_response_is_502() {
     );
     assert_json_error(&r, 502);
 }
+
+#[test]
+fn connect_failure_keeps_a_bodyless_client_connection() {
+    let dead = Upstream::refused_addr();
+    let body = format!(
+        "[[clusters]]\nname = \"c\"\nendpoints = [\"{dead}\"]\nmax_fails = 0\n{}",
+        route_all("c")
+    );
+    let gw = one_worker(&body);
+    let mut c = Client::connect(gw.main());
+    for _ in 0..3 {
+        let r = c.request("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_json_error(&r, 502);
+        assert_eq!(
+            r.header("connection"),
+            None,
+            "nothing was sent upstream: the connection stays usable"
+        );
+    }
+    // With a body the gateway cannot know what the client still sends: close.
+    let r = c.request("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi");
+    assert_json_error(&r, 502);
+    assert_eq!(r.header("connection"), Some("close"));
+}
