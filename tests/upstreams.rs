@@ -343,3 +343,28 @@ fn connect_failure_keeps_a_bodyless_client_connection() {
     assert_json_error(&r, 502);
     assert_eq!(r.header("connection"), Some("close"));
 }
+
+#[test]
+fn no_retry_once_an_interim_response_was_forwarded() {
+    // First request: a normal response on a keep-alive connection (pooled).
+    // Second request, on that pooled connection: 103, then the upstream closes.
+    let seen = std::sync::atomic::AtomicUsize::new(0);
+    let up = Upstream::with(move |_| {
+        if seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            Reply::ok("first")
+        } else {
+            Reply::RawThenClose(b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n".to_vec())
+        }
+    });
+    let gw = one_worker(&format!("{}{}", cluster("c", &[&up], ""), route_all("c")));
+    let mut c = Client::connect(gw.main());
+    assert_eq!(
+        c.request("GET /1 HTTP/1.1\r\nHost: x\r\n\r\n").text(),
+        "first"
+    );
+    // The response has begun (the 103 reached the client): it ends in 502,
+    // and nothing is sent again on a new upstream connection.
+    assert_json_error(&c.request("GET /2 HTTP/1.1\r\nHost: x\r\n\r\n"), 502);
+    assert_eq!(up.connections(), 1, "no retry after an interim response");
+    assert_eq!(up.request_count(), 2);
+}

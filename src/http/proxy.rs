@@ -191,11 +191,8 @@ async fn attempt<S: Stream>(
     up.requests += 1;
     up.buf.clear();
 
-    // request head (kept in wbuf until written, for a retry)
-    let mut head = std::mem::take(&mut d.wbuf);
-    let sent = write_all(&mut up.stream, &mut head).await;
-    d.wbuf = head;
-    if sent.is_err() {
+    // request head (wbuf keeps it until a response begins, for a retry)
+    if write_all(&mut up.stream, &mut d.wbuf).await.is_err() {
         return Err(Attempt::Retry);
     }
 
@@ -245,6 +242,9 @@ async fn attempt<S: Stream>(
 
     // response head, skipping interim responses
     let max_head = cfg.limits.head.max_header_bytes;
+    // Once an interim response arrived the response has begun (and wbuf may
+    // hold it): a dead connection is then an error, never a retry.
+    let mut interim_seen = false;
     loop {
         match read_response_head(
             up,
@@ -256,7 +256,9 @@ async fn attempt<S: Stream>(
         .await
         {
             Ok(()) => {}
-            Err(RespError::ClosedEarly) if framing == Framing::Empty => return Err(Attempt::Retry),
+            Err(RespError::ClosedEarly) if framing == Framing::Empty && !interim_seen => {
+                return Err(Attempt::Retry)
+            }
             Err(e) => {
                 tracing::debug!(endpoint = %ep.address, error = e.as_str(), "upstream response failed");
                 let err = if matches!(e, RespError::TimedOut) {
@@ -282,6 +284,7 @@ async fn attempt<S: Stream>(
                 return Err(Attempt::Fail(Next::Close));
             }
         }
+        interim_seen = true;
         let len = d.response.len;
         up.buf.drain(..len);
     }
