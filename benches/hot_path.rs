@@ -160,6 +160,7 @@ fn rewrite(c: &mut Criterion) {
         endpoint: SocketAddr::from(([127, 0, 0, 1], 9000)),
         peer: IpAddr::V4(Ipv4Addr::new(198, 51, 100, 4)),
         id: &id,
+        traceparent: None,
     };
     let mut out = Vec::with_capacity(4096);
     g.bench_function("render_into_reused_buffer", |b| {

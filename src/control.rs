@@ -1,17 +1,20 @@
-//! The control thread: binds sockets, starts the admin listener and the
-//! workers, then waits for signals. SIGHUP reloads the config (a bad file is
-//! refused and the running config keeps serving); SIGTERM/SIGINT drain and
-//! stop. Nothing here runs on the request path.
+//! The control thread: binds sockets, starts the log writers, the admin
+//! listener and the workers, then waits for signals. SIGHUP reloads the
+//! config (a bad file is refused and the running config keeps serving);
+//! SIGUSR1 reopens log files (logrotate); SIGTERM/SIGINT drain and stop.
+//! Nothing here runs on the request path.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
 use crate::admin::{self, AdminState};
 use crate::config::Config;
+use crate::observability::access_log::{field_str, field_u64};
+use crate::observability::Logs;
 use crate::sys::AllocCounter;
 use crate::worker::{self, Control, WorkerHandle};
 
@@ -31,7 +34,8 @@ pub enum StartError {
 pub fn run(config_path: PathBuf, config: Config) -> Result<(), StartError> {
     let config = Arc::new(config);
     // Registered first, so a signal sent during start-up is not lost.
-    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])?;
+    let logs = Arc::new(Logs::start(&config)?);
 
     let (per_worker, addresses) = worker::bind_listeners(&config)?;
     for (l, address) in config.listeners.iter().zip(&addresses) {
@@ -43,7 +47,7 @@ pub fn run(config_path: PathBuf, config: Config) -> Result<(), StartError> {
             .map(|_| AllocCounter::default())
             .collect(),
     );
-    let state = Arc::new(AdminState::new(allocations));
+    let state = Arc::new(AdminState::new(allocations, logs.clone()));
     if let Some(address) = config.admin {
         let socket = admin::bind(address).map_err(|e| {
             std::io::Error::new(
@@ -70,6 +74,7 @@ pub fn run(config_path: PathBuf, config: Config) -> Result<(), StartError> {
             listeners,
             core,
             &allocations[id],
+            logs.clone(),
             started_tx.clone(),
         )?);
     }
@@ -89,6 +94,7 @@ pub fn run(config_path: PathBuf, config: Config) -> Result<(), StartError> {
         }
     }
     let driver = drivers.first().map_or("none", |d| d.name());
+    state.set_workers(handles.iter().map(|h| h.control.clone()).collect());
     // Readiness first: whoever acts on the log line must find /readyz ready.
     state.ready.store(true, Ordering::Release);
     tracing::info!(workers = handles.len(), driver, "ready");
@@ -96,13 +102,27 @@ pub fn run(config_path: PathBuf, config: Config) -> Result<(), StartError> {
     let mut current = config;
     for signal in signals.forever() {
         match signal {
-            SIGHUP => reload(&config_path, &handles, &mut current),
+            SIGHUP => {
+                let ok = reload(&config_path, &handles, &mut current, &logs);
+                let counter = if ok {
+                    &state.reloads_ok
+                } else {
+                    &state.reloads_refused
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            SIGUSR1 => {
+                logs.reopen();
+                logs.audit("log_reopen", |_| {});
+                tracing::info!("log files reopened");
+            }
             _ => break,
         }
     }
     tracing::info!(drain_timeout = ?current.drain_timeout, "shutting down: draining connections");
     state.ready.store(false, Ordering::Release);
     stop(handles);
+    logs.close();
     tracing::info!("stopped");
     Ok(())
 }
@@ -117,7 +137,9 @@ fn stop(handles: Vec<WorkerHandle>) {
 }
 
 /// Loads the file again and hands the new snapshot to every worker.
-fn reload(path: &Path, handles: &[WorkerHandle], current: &mut Arc<Config>) {
+/// Returns whether the new config was installed.
+fn reload(path: &Path, handles: &[WorkerHandle], current: &mut Arc<Config>, logs: &Logs) -> bool {
+    let file = path.display().to_string();
     let new = match Config::load(path) {
         Ok(new) => new,
         Err(e) => {
@@ -125,7 +147,13 @@ fn reload(path: &Path, handles: &[WorkerHandle], current: &mut Arc<Config>) {
                 tracing::error!("{d}");
             }
             tracing::error!("config reload refused; the running config keeps serving");
-            return;
+            logs.audit("config_reload", |l| {
+                field_str(l, "result", b"refused");
+                field_str(l, "file", file.as_bytes());
+                // The count only: messages may quote config values.
+                field_u64(l, "errors", e.diagnostics.len() as u64);
+            });
+            return false;
         }
     };
     let listeners_changed = new.listeners.len() != current.listeners.len()
@@ -134,9 +162,17 @@ fn reload(path: &Path, handles: &[WorkerHandle], current: &mut Arc<Config>) {
             .iter()
             .zip(&current.listeners)
             .any(|(a, b)| a.address != b.address || a.name != b.name);
-    if listeners_changed || new.workers != current.workers || new.admin != current.admin {
+    let logs_changed = new.access_log.destination != logs.destinations.0
+        || new.audit_log != logs.destinations.1
+        || new.access_log.queue != current.access_log.queue
+        || new.access_log.batch_bytes != current.access_log.batch_bytes;
+    if listeners_changed
+        || logs_changed
+        || new.workers != current.workers
+        || new.admin != current.admin
+    {
         tracing::warn!(
-            "listeners, workers and admin address change only on restart; the rest is reloaded"
+            "listeners, workers, admin address and log destinations change only on restart; the rest is reloaded"
         );
     }
     let new = Arc::new(new);
@@ -145,4 +181,9 @@ fn reload(path: &Path, handles: &[WorkerHandle], current: &mut Arc<Config>) {
     }
     *current = new;
     tracing::info!(path = %path.display(), "config reloaded");
+    logs.audit("config_reload", |l| {
+        field_str(l, "result", b"ok");
+        field_str(l, "file", file.as_bytes());
+    });
+    true
 }

@@ -10,8 +10,10 @@
 //!   (`proxy`), gateway-made responses (`response`).
 //! - `routing`: the compiled route table.
 //! - `upstream`: clusters, balancers, keep-alive pools, passive health.
-//! - `admin`: the admin listener (`/healthz`, `/readyz`).
-//! - `observability`: operational logging.
+//! - `admin`: the admin listener (`/healthz`, `/readyz`, `/metrics`,
+//!   `/stats/latency`, `/stats/allocations`).
+//! - `observability`: metric names and per-worker counters, latency
+//!   histograms, access and audit logs, trace context, operational logging.
 //! - `error`: the gateway error and its one mapping to HTTP statuses.
 //! - `sys`: the single place with `unsafe` (a socket peek, the counting allocator).
 //!

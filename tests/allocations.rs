@@ -1,6 +1,7 @@
 //! The plain proxy path allocates nothing per request once warm: buffers,
-//! header vectors and pooled upstream connections are reused. Measured with
-//! the gateway's own per-worker allocation counters.
+//! header vectors and pooled upstream connections are reused, and so are
+//! metrics counters, latency histograms and access-log batches. Measured
+//! with the gateway's own per-worker allocation counters.
 
 mod common;
 
@@ -26,7 +27,14 @@ fn drive(clients: &mut [Client], rounds: usize, raw: &str, want: &str) {
 
 #[test]
 fn steady_state_proxying_does_not_allocate_per_request() {
-    for driver in DRIVERS {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let access = format!("[access_log]\ndestination = \"{}\"\n", log.display());
+    for (driver, logging) in [
+        ("io_uring", ""),
+        ("epoll", ""),
+        ("io_uring", access.as_str()),
+    ] {
         let up = Upstream::new(Reply::status(
             200,
             &[("content-type", "text/plain"), ("x-a", "1")],
@@ -34,7 +42,7 @@ fn steady_state_proxying_does_not_allocate_per_request() {
         ));
         let gw = Gateway::start(&config(
             driver,
-            &format!("{}{}", cluster("c", &[&up], ""), route_all("c")),
+            &format!("{logging}{}{}", cluster("c", &[&up], ""), route_all("c")),
         ));
         let mut clients: Vec<Client> = (0..4).map(|_| Client::connect(gw.main())).collect();
         let get_req = "GET /api/items?id=1 HTTP/1.1\r\nHost: shop.test\r\nUser-Agent: test\r\nAccept: */*\r\nX-Forwarded-For: 203.0.113.1\r\n\r\n";
@@ -50,6 +58,11 @@ fn steady_state_proxying_does_not_allocate_per_request() {
 
         let requests = 4 * 1000;
         let per_request = (after - before) as f64 / requests as f64;
+        let driver = if logging.is_empty() {
+            driver.to_string()
+        } else {
+            format!("{driver} with access log")
+        };
         eprintln!(
             "{driver}: {} allocations for {requests} requests",
             after - before
@@ -60,5 +73,8 @@ fn steady_state_proxying_does_not_allocate_per_request() {
             after - before
         );
         assert!(before > 0, "the counters count (start-up allocates)");
+        if !logging.is_empty() {
+            assert_eq!(wait_file_lines(&log, 4800).len(), 4800);
+        }
     }
 }

@@ -5,6 +5,8 @@ use std::time::Duration as StdDuration;
 
 use super::raw::{AutoWord, RawWorkers};
 use super::units::{ByteSize, Duration};
+use crate::observability::access_log::QueryMode;
+use crate::observability::trace_context::TraceMode;
 
 /// Total time a client has to send a complete request head (slowloris defence).
 pub const REQUEST_HEAD: StdDuration = StdDuration::from_secs(10);
@@ -51,6 +53,17 @@ pub const FAIL_TIMEOUT: StdDuration = StdDuration::from_secs(10);
 pub const CONNECT_ATTEMPTS: u32 = 2;
 
 pub const ADMIN_ADDRESS: &str = "127.0.0.1:9901";
+
+/// Access logging is opt-in: a busy gateway writes a line per request.
+pub const ACCESS_LOG_DESTINATION: &str = "off";
+/// Audit events are rare and matter: on by default, beside the operational log.
+pub const AUDIT_LOG_DESTINATION: &str = "stderr";
+/// Per-worker log batch handed to the writer at once.
+pub const LOG_BATCH: u64 = 64 * 1024;
+/// Batches queued for the writer before workers drop lines (64 x 64 KiB = 4 MiB).
+pub const LOG_QUEUE: u32 = 64;
+/// A partly filled batch waits at most this long.
+pub const LOG_FLUSH_INTERVAL: StdDuration = StdDuration::from_millis(100);
 
 pub fn workers() -> RawWorkers {
     RawWorkers::Named(AutoWord::Auto)
@@ -129,4 +142,28 @@ pub fn fail_timeout() -> Duration {
 }
 pub fn connect_attempts() -> u32 {
     CONNECT_ATTEMPTS
+}
+pub fn trace_context() -> TraceMode {
+    TraceMode::Propagate
+}
+pub fn access_log_destination() -> String {
+    ACCESS_LOG_DESTINATION.to_string()
+}
+pub fn audit_log_destination() -> String {
+    AUDIT_LOG_DESTINATION.to_string()
+}
+pub fn access_log_query() -> QueryMode {
+    QueryMode::Redact
+}
+pub fn log_batch() -> ByteSize {
+    ByteSize(LOG_BATCH)
+}
+pub fn log_queue() -> u32 {
+    LOG_QUEUE
+}
+pub fn log_flush_interval() -> Duration {
+    Duration(LOG_FLUSH_INTERVAL)
+}
+pub fn access_log_sample() -> f64 {
+    1.0
 }

@@ -25,6 +25,10 @@ use std::time::Duration;
 
 pub use diagnostic::{ConfigError, Diagnostic};
 pub use raw::{BalancerKind, DriverChoice, LogFormat};
+
+use crate::observability::access_log::QueryMode;
+use crate::observability::log_stream::Destination;
+use crate::observability::trace_context::TraceMode;
 pub use units::{parse_duration, parse_size};
 
 use crate::http::head::HeadLimits;
@@ -46,6 +50,11 @@ pub struct Config {
     /// Admin listener address; `None` when disabled.
     pub admin: Option<SocketAddr>,
     pub log: LogConfig,
+    pub access_log: AccessLogConfig,
+    /// Audit log destination; `None` when off.
+    pub audit_log: Option<Destination>,
+    /// W3C trace context: pass through, or also start when absent.
+    pub trace_context: TraceMode,
     pub listeners: Vec<ListenerConfig>,
     pub clusters: Vec<ClusterConfig>,
     pub router: Router,
@@ -72,6 +81,18 @@ pub struct LogConfig {
     /// A `tracing` filter directive (`info`, `ringgate=debug,warn`, ...).
     pub level: String,
     pub format: LogFormat,
+}
+
+/// `[access_log]`. The destination and queue are fixed at start; the rest
+/// follows reloads.
+#[derive(Debug, Clone)]
+pub struct AccessLogConfig {
+    /// `None` when off.
+    pub destination: Option<Destination>,
+    pub query: QueryMode,
+    pub batch_bytes: usize,
+    pub queue: usize,
+    pub flush_interval: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -11,6 +11,8 @@ use serde::Deserialize;
 
 use super::defaults as d;
 use super::units::{ByteSize, Duration};
+use crate::observability::access_log::QueryMode;
+use crate::observability::trace_context::TraceMode;
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -26,6 +28,10 @@ pub struct RawConfig {
     pub admin: RawAdmin,
     #[serde(default)]
     pub log: RawLog,
+    #[serde(default)]
+    pub access_log: RawAccessLog,
+    #[serde(default)]
+    pub audit_log: RawAuditLog,
     #[serde(default)]
     pub listeners: Vec<RawListener>,
     #[serde(default)]
@@ -77,6 +83,8 @@ pub struct RawServer {
     pub io_uring_entries: u32,
     #[serde(default)]
     pub via: bool,
+    #[serde(default = "d::trace_context")]
+    pub trace_context: TraceMode,
 }
 
 impl Default for RawServer {
@@ -88,6 +96,7 @@ impl Default for RawServer {
             drain_timeout: d::drain_timeout(),
             io_uring_entries: d::io_uring_entries(),
             via: false,
+            trace_context: d::trace_context(),
         }
     }
 }
@@ -190,6 +199,54 @@ impl Default for RawLog {
     }
 }
 
+/// `[access_log]`: one JSON line per request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    /// "off", "stdout", "stderr" or a file path.
+    #[serde(default = "d::access_log_destination")]
+    pub destination: String,
+    #[serde(default = "d::access_log_query")]
+    pub query: QueryMode,
+    /// Bytes a worker collects before handing them to the writer.
+    #[serde(default = "d::log_batch")]
+    pub batch: ByteSize,
+    /// Batches waiting for the writer before lines are dropped.
+    #[serde(default = "d::log_queue")]
+    pub queue: u32,
+    /// A partly filled batch is handed over after this long.
+    #[serde(default = "d::log_flush_interval")]
+    pub flush_interval: Duration,
+}
+
+impl Default for RawAccessLog {
+    fn default() -> Self {
+        Self {
+            destination: d::access_log_destination(),
+            query: d::access_log_query(),
+            batch: d::log_batch(),
+            queue: d::log_queue(),
+            flush_interval: d::log_flush_interval(),
+        }
+    }
+}
+
+/// `[audit_log]`: security-relevant events.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuditLog {
+    #[serde(default = "d::audit_log_destination")]
+    pub destination: String,
+}
+
+impl Default for RawAuditLog {
+    fn default() -> Self {
+        Self {
+            destination: d::audit_log_destination(),
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawListener {
@@ -277,6 +334,9 @@ pub struct RawRoute {
     pub respond: Option<RawRespond>,
     /// Overrides `limits.max_body_bytes` for this route.
     pub max_body_bytes: Option<ByteSize>,
+    /// Share of this route's requests written to the access log (0.0-1.0).
+    #[serde(default = "d::access_log_sample")]
+    pub access_log_sample: f64,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -8,9 +8,11 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use super::diagnostic::{ConfigError, Diagnostic, KeyPath, Locator};
 use super::raw::{BalancerKind, RawCluster, RawConfig, RawEndpoint, RawRoute, RawWorkers};
 use super::{
-    ClusterConfig, Config, EndpointConfig, Limits, ListenerConfig, LogConfig, PoolConfig, Timeouts,
+    AccessLogConfig, ClusterConfig, Config, EndpointConfig, Limits, ListenerConfig, LogConfig,
+    PoolConfig, Timeouts,
 };
 use crate::http::head::{HeadLimits, Method, MAX_HEADERS_CAP};
+use crate::observability::log_stream::Destination;
 use crate::routing::{
     Action, DirectResponse, HeaderMatch, HostMatch, MethodSet, PathMatch, ProxyAction, Route,
     Router,
@@ -148,6 +150,29 @@ fn build(c: &mut Checker<'_>, raw: RawConfig) -> Config {
         level: raw.log.level.clone(),
         format: raw.log.format,
     };
+    let ap = root.key("access_log");
+    let a = &raw.access_log;
+    if !(4096..=16 << 20).contains(&a.batch.0) {
+        c.error(&ap.key("batch"), "must be between 4KiB and 16MiB");
+    }
+    if !(1..=65536).contains(&a.queue) {
+        c.error(&ap.key("queue"), "must be between 1 and 65536");
+    }
+    if a.flush_interval.0.is_zero() {
+        c.error(&ap.key("flush_interval"), "must be greater than zero");
+    }
+    let access_log = AccessLogConfig {
+        destination: destination(c, &ap.key("destination"), &a.destination),
+        query: a.query,
+        batch_bytes: a.batch.0 as usize,
+        queue: a.queue as usize,
+        flush_interval: a.flush_interval.0,
+    };
+    let audit_log = destination(
+        c,
+        &root.key("audit_log").key("destination"),
+        &raw.audit_log.destination,
+    );
 
     let mut listeners = Vec::new();
     let mut names = HashSet::new();
@@ -220,9 +245,39 @@ fn build(c: &mut Checker<'_>, raw: RawConfig) -> Config {
         limits,
         admin,
         log,
+        access_log,
+        audit_log,
+        trace_context: raw.server.trace_context,
         listeners,
         clusters,
         router: Router::new(routes),
+    }
+}
+
+/// "off", "stdout", "stderr" or a file path (whose directory must exist).
+fn destination(c: &mut Checker<'_>, path: &KeyPath, text: &str) -> Option<Destination> {
+    match text {
+        "off" => None,
+        "stdout" => Some(Destination::Stdout),
+        "stderr" => Some(Destination::Stderr),
+        "" => {
+            c.error(path, "use \"off\", \"stdout\", \"stderr\" or a file path");
+            None
+        }
+        file => {
+            let file = std::path::PathBuf::from(file);
+            let dir = file.parent().filter(|d| !d.as_os_str().is_empty());
+            if dir.is_some_and(|d| !d.is_dir()) {
+                c.error(
+                    path,
+                    format!(
+                        "{:?}: its directory does not exist",
+                        file.display().to_string()
+                    ),
+                );
+            }
+            Some(Destination::File(file))
+        }
     }
 }
 
@@ -477,8 +532,15 @@ fn route(
             })
         }
     };
+    if !(0.0..=1.0).contains(&rr.access_log_sample) {
+        c.error(
+            &p.key("access_log_sample"),
+            "must be between 0.0 (no lines) and 1.0 (every request)",
+        );
+    }
     Some(Route {
         name: rr.name.as_str().into(),
+        access_log_ppm: (rr.access_log_sample.clamp(0.0, 1.0) * 1e6).round() as u32,
         host,
         path,
         methods,

@@ -10,6 +10,11 @@
 //! the request itself returns [`Next`] through [`respond_error`] or a direct
 //! response; only [`proxy::forward`] talks to upstreams. Stages added by later
 //! features slot in between routing and forwarding as their own modules.
+//!
+//! The log phase ([`finish`]) runs last for every request that got an
+//! answer, errors included: it adds the request to its route's counters and
+//! latency histogram and, when enabled and sampled, writes the access-log
+//! line. Stages report what happened through [`Record`].
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -26,7 +31,10 @@ use super::proxy;
 use super::response::{render_direct, render_error, ConnHeader, RequestId};
 use crate::config::Config;
 use crate::error::GatewayError;
-use crate::routing::Action;
+use crate::observability::access_log::{write_access, AccessRecord};
+use crate::observability::metrics::{Observation, RouteStats};
+use crate::observability::trace_context::{self, TraceMode, TRACEPARENT_LEN};
+use crate::routing::{Action, Route};
 use crate::worker::{DrainGuard, Snapshot, WorkerCtx};
 
 /// Initial read buffer per connection; grows up to `limits.max_header_bytes`
@@ -59,6 +67,69 @@ pub struct Downstream<S> {
     pub head: RequestHead,
     pub response: ResponseHead,
     pub decoder: ChunkedDecoder,
+    /// What the current request did, for the log phase.
+    pub rec: Record,
+}
+
+/// What stages report about the request in flight; reset per request.
+#[derive(Default)]
+pub struct Record {
+    /// When the first byte of the head was seen.
+    pub started: Option<Instant>,
+    /// The status sent (0 until a response head is written).
+    pub status: u16,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub endpoint: Option<SocketAddr>,
+    /// Request written upstream to response complete.
+    pub upstream: Option<Duration>,
+    /// `traceparent` generated for this request (`trace_context = "start"`).
+    pub traceparent: Option<[u8; TRACEPARENT_LEN]>,
+    /// Method, path and query (and the trace id) copied for the access log
+    /// while the head is still in the read buffer: body bytes may overwrite
+    /// it before the request ends. Capacity is kept across requests.
+    pub target: Vec<u8>,
+    method_len: usize,
+    path_len: usize,
+    query_len: usize,
+    /// Whether this request gets an access-log line.
+    logged: bool,
+}
+
+impl Record {
+    fn reset(&mut self) {
+        self.status = 0;
+        self.bytes_in = 0;
+        self.bytes_out = 0;
+        self.endpoint = None;
+        self.upstream = None;
+        self.traceparent = None;
+        self.logged = false;
+        self.target.clear();
+        self.method_len = 0;
+        self.path_len = 0;
+        self.query_len = 0;
+    }
+
+    /// Copies what the access log needs from the head.
+    fn capture(&mut self, view: &RequestView<'_>, trace_id: &[u8]) {
+        self.target.clear();
+        self.target.extend_from_slice(view.method_bytes());
+        self.method_len = self.target.len();
+        self.target.extend_from_slice(view.path());
+        self.path_len = self.target.len() - self.method_len;
+        self.target.extend_from_slice(view.query());
+        self.query_len = self.target.len() - self.method_len - self.path_len;
+        self.target.extend_from_slice(trace_id);
+        self.logged = true;
+    }
+
+    fn parts(&self) -> (&[u8], &[u8], &[u8], &[u8]) {
+        let (method, rest) = self.target.split_at(self.method_len);
+        let (path, rest) = rest.split_at(self.path_len);
+        let (query, trace) = rest.split_at(self.query_len);
+        (method, path, query, trace)
+    }
 }
 
 impl<S: Stream> Downstream<S> {
@@ -73,6 +144,7 @@ impl<S: Stream> Downstream<S> {
             head: RequestHead::default(),
             response: ResponseHead::default(),
             decoder: ChunkedDecoder::new(max_trailers),
+            rec: Record::default(),
         }
     }
 
@@ -126,7 +198,12 @@ pub async fn serve<S: Stream>(ctx: Rc<WorkerCtx>, stream: S, peer: SocketAddr, a
             HeadOutcome::Error(err) => {
                 let id = ctx.request_ids.generate();
                 render_error(&mut d.wbuf, err, &id, ConnHeader::Close);
-                if write_all(&mut d.stream, &mut d.wbuf).await.is_ok() {
+                d.rec.status = err.status();
+                d.rec.bytes_out = d.wbuf.len() as u64;
+                d.rec.bytes_in = d.rbuf.len().saturating_sub(d.start) as u64;
+                let written = write_all(&mut d.stream, &mut d.wbuf).await.is_ok();
+                finish(&ctx, &snap, &mut d, None, Method::Other, &id);
+                if written {
                     linger_close(&mut d).await;
                 }
                 return;
@@ -149,8 +226,13 @@ async fn read_head<S: Stream>(
     drain: &DrainGuard<'_>,
 ) -> HeadOutcome {
     let limits = &cfg.limits.head;
+    d.rec.reset();
+    d.rec.started = None;
     loop {
         if d.start < d.rbuf.len() {
+            if d.rec.started.is_none() {
+                d.rec.started = Some(Instant::now());
+            }
             match parse_request(&d.rbuf[d.start..], limits, &mut d.head) {
                 Ok(Parse::Complete) => return HeadOutcome::Ready,
                 Ok(Parse::Partial) => {}
@@ -199,26 +281,44 @@ async fn read_head<S: Stream>(
     }
 }
 
-/// Runs one request through the pipeline.
+/// Runs one request through the pipeline, then the log phase.
 async fn exchange<S: Stream>(ctx: &WorkerCtx, snap: &Snapshot, d: &mut Downstream<S>) -> Next {
-    let cfg = &snap.config;
+    d.rec.bytes_in = d.head.len as u64;
     let view = d.view();
     let id = match view.head.request_id {
         Some(s) => RequestId::from_client(s.get(view.buf)),
         None => ctx.request_ids.generate(),
     };
+    let method = d.head.method;
+    let route = snap.config.router.find(&view);
+    let next = stages(ctx, snap, d, route, &id).await;
+    finish(ctx, snap, d, route, method, &id);
+    next
+}
+
+/// The stages between routing and the log phase.
+async fn stages<S: Stream>(
+    ctx: &WorkerCtx,
+    snap: &Snapshot,
+    d: &mut Downstream<S>,
+    route: Option<&Route>,
+    id: &RequestId,
+) -> Next {
     let has_body = d.head.framing != Framing::Empty;
     // A body the gateway does not read leaves the connection unusable.
     let keep = d.head.keep_alive && !has_body;
 
     // route
-    let Some(route) = cfg.router.find(&view) else {
-        return respond_error(d, GatewayError::NotFound, &id, keep).await;
+    let Some(route) = route else {
+        capture_for_log(ctx, snap, d, None);
+        return respond_error(d, GatewayError::NotFound, id, keep).await;
     };
+    trace_context(ctx, snap, d);
+    capture_for_log(ctx, snap, d, Some(route));
     // body limit, decided before reading any of it when the length is known
     if let Framing::Length(n) = d.head.framing {
         if n > route.max_body_bytes {
-            return respond_error(d, GatewayError::PayloadTooLarge, &id, false).await;
+            return respond_error(d, GatewayError::PayloadTooLarge, id, false).await;
         }
     }
     match &route.action {
@@ -226,14 +326,130 @@ async fn exchange<S: Stream>(ctx: &WorkerCtx, snap: &Snapshot, d: &mut Downstrea
             let head_only = d.head.method == Method::Head;
             let conn = d.conn_header(keep);
             d.consume_head();
-            render_direct(&mut d.wbuf, direct, &id, conn, head_only);
+            render_direct(&mut d.wbuf, direct, id, conn, head_only);
+            d.rec.status = direct.status;
+            d.rec.bytes_out = d.wbuf.len() as u64;
             match write_all(&mut d.stream, &mut d.wbuf).await {
                 Ok(()) if keep => Next::KeepAlive,
                 _ => Next::Close,
             }
         }
-        Action::Proxy(action) => proxy::forward(ctx, snap, d, route, action, &id).await,
+        Action::Proxy(action) => proxy::forward(ctx, snap, d, route, action, id).await,
     }
+}
+
+/// `trace_context = "start"`: a request without a valid `traceparent` gets
+/// one (the proxy stage sends it instead of the client's invalid one).
+fn trace_context<S: Stream>(ctx: &WorkerCtx, snap: &Snapshot, d: &mut Downstream<S>) {
+    if snap.config.trace_context == TraceMode::Start {
+        let view = d.view();
+        let valid = view
+            .header(b"traceparent")
+            .and_then(trace_context::trace_id)
+            .is_some();
+        if !valid {
+            d.rec.traceparent = Some(ctx.trace_ids.generate());
+        }
+    }
+}
+
+/// Decides whether the request gets an access-log line and, if so, copies
+/// what the line needs from the head.
+fn capture_for_log<S: Stream>(
+    ctx: &WorkerCtx,
+    snap: &Snapshot,
+    d: &mut Downstream<S>,
+    route: Option<&Route>,
+) {
+    if ctx.access_log.borrow().is_none() {
+        return;
+    }
+    let sampled = match route {
+        Some(r) => snap.route_stats[r.order].sample(r.access_log_ppm),
+        None => true,
+    };
+    if !sampled {
+        return;
+    }
+    let view = RequestView {
+        head: &d.head,
+        buf: &d.rbuf[d.start..],
+    };
+    let generated = d.rec.traceparent;
+    let trace: &[u8] = match &generated {
+        Some(t) => &t[3..35],
+        None => view
+            .header(b"traceparent")
+            .and_then(trace_context::trace_id)
+            .unwrap_or_default(),
+    };
+    d.rec.capture(&view, trace);
+}
+
+/// The log phase: counters, latency histogram, access-log line.
+fn finish<S: Stream>(
+    ctx: &WorkerCtx,
+    snap: &Snapshot,
+    d: &mut Downstream<S>,
+    route: Option<&Route>,
+    method: Method,
+    id: &RequestId,
+) {
+    let now = Instant::now();
+    let total = d
+        .rec
+        .started
+        .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+    let stats: &RouteStats = match route {
+        Some(r) => &snap.route_stats[r.order],
+        None => &ctx.unmatched,
+    };
+    let rec = &d.rec;
+    stats.record(&Observation {
+        method,
+        status: rec.status,
+        bytes_in: rec.bytes_in,
+        bytes_out: rec.bytes_out,
+        total,
+        upstream: rec.upstream,
+    });
+    ctx.stats.requests.set(ctx.stats.requests.get() + 1);
+
+    let mut sink = ctx.access_log.borrow_mut();
+    let Some(sink) = sink.as_mut() else { return };
+    let sampled = rec.logged || route.is_none();
+    if !sampled {
+        return;
+    }
+    let (method, path, query, trace) = rec.parts();
+    let cluster = route.and_then(|r| match &r.action {
+        Action::Proxy(p) => Some(snap.config.clusters[p.cluster].name.as_str()),
+        Action::Respond(_) => None,
+    });
+    let record = AccessRecord {
+        request_id: id.as_bytes(),
+        client: d.peer.ip(),
+        method,
+        path,
+        query,
+        route: route.map(|r| &*r.name),
+        cluster,
+        endpoint: rec.endpoint,
+        status: rec.status,
+        bytes_in: rec.bytes_in,
+        bytes_out: rec.bytes_out,
+        duration: total,
+        upstream: rec.upstream,
+        trace_id: (!trace.is_empty()).then_some(trace),
+        worker: ctx.id,
+    };
+    write_access(
+        sink.buf(),
+        &ctx.clock,
+        &record,
+        snap.config.access_log.query,
+    );
+    sink.end_line();
 }
 
 /// Answers with a gateway error. `keep` says whether the connection may
@@ -247,6 +463,8 @@ pub async fn respond_error<S: Stream>(
     let conn = d.conn_header(keep);
     d.consume_head();
     render_error(&mut d.wbuf, err, id, conn);
+    d.rec.status = err.status();
+    d.rec.bytes_out += d.wbuf.len() as u64;
     if write_all(&mut d.stream, &mut d.wbuf).await.is_err() {
         return Next::Close;
     }

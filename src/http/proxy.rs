@@ -31,6 +31,7 @@ use super::head::{
 use super::io::{read_into, write_all, ReadError, Stream};
 use super::response::{push_u64, RequestId};
 use crate::error::GatewayError;
+use crate::observability::metrics::UpstreamErrorKind;
 use crate::routing::{ProxyAction, Route};
 use crate::upstream::{balancer, ConnectError, Endpoint, UpstreamConn};
 use crate::worker::{Snapshot, WorkerCtx};
@@ -110,10 +111,16 @@ pub async fn forward<S: Stream>(
             Ok(conn) => break (ep, conn, false),
             Err(e) => {
                 tracing::debug!(cluster = %cluster.config.name, endpoint = %ep.address, error = %e, "upstream connect failed");
-                last = match e {
-                    ConnectError::TimedOut => GatewayError::GatewayTimeout,
-                    ConnectError::Failed(_) => GatewayError::BadGateway,
+                let (err, kind) = match e {
+                    ConnectError::TimedOut => {
+                        (GatewayError::GatewayTimeout, UpstreamErrorKind::Timeout)
+                    }
+                    ConnectError::Failed(_) => {
+                        (GatewayError::BadGateway, UpstreamErrorKind::Connect)
+                    }
                 };
+                cluster.stats.error(kind);
+                last = err;
                 tried |= 1u64.checked_shl(i as u32).unwrap_or(0);
                 attempts += 1;
                 if attempts >= cluster.config.connect_attempts {
@@ -123,7 +130,9 @@ pub async fn forward<S: Stream>(
         }
     };
     let _in_flight = InFlight::new(ep);
+    d.rec.endpoint = Some(ep.address);
 
+    let traceparent = d.rec.traceparent;
     let upstream_head = UpstreamHead {
         action,
         prefix_len: route.path.prefix_len(),
@@ -131,6 +140,7 @@ pub async fn forward<S: Stream>(
         endpoint: ep.address,
         peer: d.peer.ip(),
         id,
+        traceparent: traceparent.as_ref().map(|t| &t[..]),
     };
     let view = RequestView {
         head: &d.head,
@@ -139,8 +149,11 @@ pub async fn forward<S: Stream>(
     render_request_head(&mut d.wbuf, view, &upstream_head);
     d.consume_head();
 
+    let sent = Instant::now();
     loop {
-        match attempt(ctx, snap, d, route, ep, &mut up, id).await {
+        let result = attempt(ctx, snap, d, route, ep, &mut up, id).await;
+        d.rec.upstream = Some(sent.elapsed());
+        match result {
             Ok((next, reusable)) => {
                 if reusable {
                     ep.release(up, &cluster.config.pool);
@@ -156,10 +169,16 @@ pub async fn forward<S: Stream>(
                         up = conn;
                         reused = false;
                     }
-                    Err(_) => return fail(d, GatewayError::BadGateway, id).await,
+                    Err(_) => {
+                        cluster.stats.error(UpstreamErrorKind::Connect);
+                        return fail(d, GatewayError::BadGateway, id).await;
+                    }
                 }
             }
-            Err(Attempt::Retry) => return fail(d, GatewayError::BadGateway, id).await,
+            Err(Attempt::Retry) => {
+                cluster.stats.error(UpstreamErrorKind::Reset);
+                return fail(d, GatewayError::BadGateway, id).await;
+            }
             Err(Attempt::Fail(next)) => return next,
         }
     }
@@ -188,6 +207,7 @@ async fn attempt<S: Stream>(
     let framing = d.head.framing;
     let version = d.head.version;
     let head_request = d.head.method == Method::Head;
+    let ep_stats = &ep.stats;
     up.requests += 1;
     up.buf.clear();
 
@@ -226,9 +246,15 @@ async fn attempt<S: Stream>(
             route.max_body_bytes,
         )
         .await;
+        if let Ok(n) = result {
+            d.rec.bytes_in += n;
+        }
         if let Err(e) = result {
             let err = match e {
-                BodyError::Sink(_) => GatewayError::BadGateway,
+                BodyError::Sink(_) => {
+                    ep_stats.error(UpstreamErrorKind::Reset);
+                    GatewayError::BadGateway
+                }
                 BodyError::Source(ReadError::TimedOut) => GatewayError::RequestTimeout,
                 BodyError::Invalid(_) => GatewayError::BadRequest,
                 BodyError::TooLarge => GatewayError::PayloadTooLarge,
@@ -261,6 +287,7 @@ async fn attempt<S: Stream>(
             }
             Err(e) => {
                 tracing::debug!(endpoint = %ep.address, error = e.as_str(), "upstream response failed");
+                ep_stats.error(e.kind());
                 let err = if matches!(e, RespError::TimedOut) {
                     GatewayError::GatewayTimeout
                 } else {
@@ -275,11 +302,13 @@ async fn attempt<S: Stream>(
         }
         if status == 101 {
             // ringgate never forwards Upgrade, so a switch is a protocol error.
+            ep_stats.error(UpstreamErrorKind::Invalid);
             return Err(Attempt::Fail(fail(d, GatewayError::BadGateway, id).await));
         }
         // 100 was answered by the gateway itself; other 1xx go to 1.1 clients.
         if status != 100 && version == Version::Http11 {
             write_interim(&mut d.wbuf, &d.response, &up.buf);
+            d.rec.bytes_out += d.wbuf.len() as u64;
             if write_all(&mut d.stream, &mut d.wbuf).await.is_err() {
                 return Err(Attempt::Fail(Next::Close));
             }
@@ -308,6 +337,8 @@ async fn attempt<S: Stream>(
             up_start += n as usize;
         }
     }
+    d.rec.status = d.response.status;
+    d.rec.bytes_out += d.wbuf.len() as u64;
     if write_all(&mut d.stream, &mut d.wbuf).await.is_err() {
         return Err(Attempt::Fail(Next::Close));
     }
@@ -334,12 +365,26 @@ async fn attempt<S: Stream>(
         u64::MAX,
     )
     .await;
-    if let Err(e) = result {
-        // The status is already sent: all that is left is to cut the
-        // connection so the client sees an incomplete body.
-        tracing::debug!(endpoint = %ep.address, error = %e, "response body aborted");
-        return Err(Attempt::Fail(Next::Close));
-    }
+    let sent = match result {
+        Ok(n) => n,
+        Err(e) => {
+            // The status is already sent: all that is left is to cut the
+            // connection so the client sees an incomplete body.
+            tracing::debug!(endpoint = %ep.address, error = %e, "response body aborted");
+            if matches!(
+                e,
+                BodyError::Source(_) | BodyError::SourceClosed | BodyError::Invalid(_)
+            ) {
+                ep_stats.error(match e {
+                    BodyError::Invalid(_) => UpstreamErrorKind::Invalid,
+                    BodyError::Source(ReadError::TimedOut) => UpstreamErrorKind::Timeout,
+                    _ => UpstreamErrorKind::Reset,
+                });
+            }
+            return Err(Attempt::Fail(Next::Close));
+        }
+    };
+    d.rec.bytes_out += sent;
 
     let reusable =
         d.response.keep_alive && resp_framing != Framing::UntilClose && up_start == up.buf.len();
@@ -361,6 +406,16 @@ enum RespError {
 }
 
 impl RespError {
+    fn kind(&self) -> UpstreamErrorKind {
+        match self {
+            RespError::ClosedEarly | RespError::Truncated | RespError::Io => {
+                UpstreamErrorKind::Reset
+            }
+            RespError::TimedOut => UpstreamErrorKind::Timeout,
+            RespError::Invalid => UpstreamErrorKind::Invalid,
+        }
+    }
+
     fn as_str(&self) -> &'static str {
         match self {
             RespError::ClosedEarly => "closed before responding",
@@ -466,6 +521,8 @@ pub struct UpstreamHead<'a> {
     pub endpoint: SocketAddr,
     pub peer: IpAddr,
     pub id: &'a RequestId,
+    /// Sent instead of the client's `traceparent`/`tracestate` when set.
+    pub traceparent: Option<&'a [u8]>,
 }
 
 /// Renders the upstream request head for `view` into `out`: request line
@@ -522,10 +579,16 @@ pub fn render_request_head(out: &mut Vec<u8>, view: RequestView<'_>, up: &Upstre
             || GATEWAY_SET_REQUEST
                 .iter()
                 .any(|n| name.eq_ignore_ascii_case(n))
+            || (up.traceparent.is_some()
+                && (name.eq_ignore_ascii_case(b"traceparent")
+                    || name.eq_ignore_ascii_case(b"tracestate")))
         {
             continue;
         }
         push_header(out, name, h.value.get(view.buf));
+    }
+    if let Some(t) = up.traceparent {
+        push_header(out, b"traceparent", t);
     }
     // X-Forwarded-For: the client's list (several fields are one list, RFC
     // 9110 5.3) followed by the peer address.

@@ -64,7 +64,8 @@ impl RequestIds {
     }
 }
 
-fn hex16(out: &mut [u8], v: u64) {
+/// Writes `v` as 16 lowercase hex digits into `out[..16]`.
+pub fn hex16(out: &mut [u8], v: u64) {
     for (i, o) in out.iter_mut().enumerate() {
         *o = b"0123456789abcdef"[((v >> (60 - 4 * i)) & 0xf) as usize];
     }

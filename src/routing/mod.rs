@@ -125,6 +125,8 @@ pub struct DirectResponse {
 #[derive(Debug, Clone)]
 pub struct Route {
     pub name: Box<str>,
+    /// Access-log lines per million requests (`access_log_sample` x 1e6).
+    pub access_log_ppm: u32,
     pub host: HostMatch,
     pub path: PathMatch,
     pub methods: MethodSet,

@@ -12,11 +12,13 @@ use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::rc::Rc;
 
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 
 use crate::config::{ClusterConfig, Config, PoolConfig};
+use crate::observability::metrics::{ClusterStats, WorkerStats};
 pub use balancer::Balancer;
 
 /// Initial read buffer of an upstream connection: one response head plus the
@@ -30,6 +32,14 @@ pub struct UpstreamConn {
     /// Requests already sent on this connection.
     pub requests: u32,
     idle_since: Instant,
+    /// Counts the close when the connection is dropped, wherever that is.
+    stats: Rc<ClusterStats>,
+}
+
+impl Drop for UpstreamConn {
+    fn drop(&mut self) {
+        self.stats.closed.set(self.stats.closed.get() + 1);
+    }
 }
 
 /// One endpoint of a cluster, as seen by one worker.
@@ -44,6 +54,8 @@ pub struct Endpoint {
     fails: Cell<u32>,
     /// Ejected until then after `max_fails` consecutive failures.
     down_until: Cell<Option<Instant>>,
+    /// The cluster's counters on this worker.
+    pub stats: Rc<ClusterStats>,
 }
 
 /// A cluster as seen by one worker.
@@ -51,6 +63,8 @@ pub struct Cluster {
     pub config: ClusterConfig,
     pub endpoints: Box<[Endpoint]>,
     pub balancer: Balancer,
+    /// This worker's counters for the cluster (kept across reloads by name).
+    pub stats: Rc<ClusterStats>,
 }
 
 /// All clusters of one config snapshot, for one worker.
@@ -71,25 +85,30 @@ pub enum ConnectError {
 
 impl Upstreams {
     /// Per-worker state for a config; `seed` decorrelates workers' balancers.
-    pub fn new(config: &Config, seed: u64) -> Self {
+    pub fn new(config: &Config, seed: u64, worker: &WorkerStats) -> Self {
         let clusters = config
             .clusters
             .iter()
             .enumerate()
-            .map(|(i, c)| Cluster {
-                balancer: Balancer::new(c.balancer, &c.endpoints, seed.wrapping_add(i as u64)),
-                endpoints: c
-                    .endpoints
-                    .iter()
-                    .map(|e| Endpoint {
-                        address: e.address,
-                        idle: RefCell::new(Vec::new()),
-                        in_flight: Cell::new(0),
-                        fails: Cell::new(0),
-                        down_until: Cell::new(None),
-                    })
-                    .collect(),
-                config: c.clone(),
+            .map(|(i, c)| {
+                let stats = worker.cluster(&c.name);
+                Cluster {
+                    balancer: Balancer::new(c.balancer, &c.endpoints, seed.wrapping_add(i as u64)),
+                    endpoints: c
+                        .endpoints
+                        .iter()
+                        .map(|e| Endpoint {
+                            address: e.address,
+                            idle: RefCell::new(Vec::new()),
+                            in_flight: Cell::new(0),
+                            fails: Cell::new(0),
+                            down_until: Cell::new(None),
+                            stats: stats.clone(),
+                        })
+                        .collect(),
+                    config: c.clone(),
+                    stats,
+                }
             })
             .collect();
         Self { clusters }
@@ -102,7 +121,7 @@ impl Cluster {
     pub fn pick(&self, key_hash: u64, tried: u64, now: Instant) -> Option<usize> {
         let usable = |i: usize| {
             let e = &self.endpoints[i];
-            (i >= 64 || tried & (1 << i) == 0) && e.down_until.get().is_none_or(|t| now >= t)
+            (i >= 64 || tried & (1 << i) == 0) && e.is_up(now)
         };
         self.balancer.pick(
             self.endpoints.len(),
@@ -114,6 +133,11 @@ impl Cluster {
 }
 
 impl Endpoint {
+    /// In rotation (not ejected by passive health checks) at `now`.
+    pub fn is_up(&self, now: Instant) -> bool {
+        self.down_until.get().is_none_or(|t| now >= t)
+    }
+
     /// A pooled connection, or `None` when the pool has none worth using.
     /// With `verify`, connections the upstream has closed (or that hold
     /// unexpected bytes) are detected with one non-blocking peek and dropped:
@@ -129,6 +153,7 @@ impl Endpoint {
             if verify && !crate::sys::socket_is_quiet(conn.stream.as_raw_fd()) {
                 continue;
             }
+            self.stats.reused.set(self.stats.reused.get() + 1);
             return Some(conn);
         }
         None
@@ -149,11 +174,13 @@ impl Endpoint {
             Ok(Ok(stream)) => {
                 // Small request and response heads must not wait for Nagle.
                 let _ = stream.set_nodelay(true);
+                self.stats.opened.set(self.stats.opened.get() + 1);
                 Ok(UpstreamConn {
                     stream,
                     buf: Vec::with_capacity(UPSTREAM_BUF),
                     requests: 0,
                     idle_since: Instant::now(),
+                    stats: self.stats.clone(),
                 })
             }
             Ok(Err(e)) => Err(ConnectError::Failed(e)),

@@ -27,12 +27,38 @@ pub use drain::{ConnSlots, Drain, DrainGuard};
 use crate::config::{Config, DriverChoice, ListenerConfig};
 use crate::http::conn::serve;
 use crate::http::response::RequestIds;
+use crate::observability::access_log::Clock;
+use crate::observability::log_stream::{LogKind, Sink};
+use crate::observability::metrics::{
+    EndpointReport, RouteStats, WorkerReport, WorkerStats, UNMATCHED,
+};
+use crate::observability::trace_context::TraceIds;
+use crate::observability::Logs;
 use crate::upstream::Upstreams;
 
-/// What a worker serves from: the config and the upstream state built for it.
+/// What a worker serves from: the config and the state built for it.
 pub struct Snapshot {
     pub config: Arc<Config>,
     pub upstreams: Upstreams,
+    /// Counters of each route, indexed by `Route::order`.
+    pub route_stats: Box<[Rc<RouteStats>]>,
+}
+
+impl Snapshot {
+    fn new(config: Arc<Config>, id: usize, stats: &WorkerStats) -> Self {
+        let upstreams = Upstreams::new(&config, id as u64, stats);
+        let route_stats = config
+            .router
+            .routes()
+            .iter()
+            .map(|r| stats.route(&r.name))
+            .collect();
+        Self {
+            config,
+            upstreams,
+            route_stats,
+        }
+    }
 }
 
 /// Everything one worker owns.
@@ -40,20 +66,40 @@ pub struct WorkerCtx {
     pub id: usize,
     snapshot: RefCell<Rc<Snapshot>>,
     pub request_ids: RequestIds,
+    pub trace_ids: TraceIds,
     pub drain: Drain,
     /// All connections of this worker (drain waits for zero).
     pub conns: ConnSlots,
+    /// This worker's counters; the admin thread gets copies on request.
+    pub stats: WorkerStats,
+    /// Requests refused before a route matched.
+    pub unmatched: Rc<RouteStats>,
+    /// This worker's batch of access-log lines; `None` when logging is off.
+    pub access_log: RefCell<Option<Sink>>,
+    pub clock: Clock,
 }
 
 impl WorkerCtx {
-    pub fn new(id: usize, config: Arc<Config>) -> Self {
-        let upstreams = Upstreams::new(&config, id as u64);
+    pub fn new(id: usize, config: Arc<Config>, logs: &Logs) -> Self {
+        let stats = WorkerStats::default();
+        let snapshot = Snapshot::new(config.clone(), id, &stats);
+        let request_ids = RequestIds::new(id);
+        let trace_seed = crate::upstream::balancer::hash(request_ids.generate().as_bytes());
+        let access_log = logs
+            .access
+            .as_ref()
+            .and_then(|w| w.sink(LogKind::Access, config.access_log.batch_bytes));
         Self {
             id,
-            snapshot: RefCell::new(Rc::new(Snapshot { config, upstreams })),
-            request_ids: RequestIds::new(id),
+            snapshot: RefCell::new(Rc::new(snapshot)),
+            request_ids,
+            trace_ids: TraceIds::new(trace_seed),
             drain: Drain::default(),
             conns: ConnSlots::default(),
+            unmatched: stats.route(UNMATCHED),
+            stats,
+            access_log: RefCell::new(access_log),
+            clock: Clock::default(),
         }
     }
 
@@ -65,15 +111,45 @@ impl WorkerCtx {
     /// Installs a new config. In-flight requests finish on the old snapshot,
     /// whose pools close when the last of them is done.
     pub fn install(&self, config: Arc<Config>) {
-        let upstreams = Upstreams::new(&config, self.id as u64);
-        *self.snapshot.borrow_mut() = Rc::new(Snapshot { config, upstreams });
+        let snapshot = Snapshot::new(config, self.id, &self.stats);
+        *self.snapshot.borrow_mut() = Rc::new(snapshot);
+    }
+
+    /// A copy of this worker's counters for the admin thread.
+    fn report(&self, driver: Driver) -> WorkerReport {
+        let (routes, clusters) = self.stats.report();
+        let snap = self.snapshot();
+        let now = Instant::now();
+        let endpoints = snap
+            .upstreams
+            .clusters
+            .iter()
+            .flat_map(|c| {
+                let name: Arc<str> = c.config.name.as_str().into();
+                c.endpoints.iter().map(move |e| EndpointReport {
+                    cluster: name.clone(),
+                    address: e.address,
+                    healthy: e.is_up(now),
+                })
+            })
+            .collect();
+        WorkerReport {
+            worker: self.id,
+            driver: driver.name(),
+            connections: self.conns.active() as u64,
+            requests: self.stats.requests.get(),
+            routes,
+            clusters,
+            endpoints,
+        }
     }
 }
 
-/// Messages from the control thread.
-#[derive(Debug)]
+/// Messages from the control and admin threads.
 pub enum Control {
     Reload(Arc<Config>),
+    /// Answer with a copy of this worker's counters (a metrics scrape).
+    Collect(async_channel::Sender<WorkerReport>),
     Shutdown,
 }
 
@@ -166,6 +242,7 @@ pub fn spawn(
     listeners: Vec<BoundListener>,
     core: Option<core_affinity::CoreId>,
     allocations: &'static crate::sys::AllocCounter,
+    logs: Arc<Logs>,
     started: mpsc::Sender<Result<Driver, String>>,
 ) -> io::Result<WorkerHandle> {
     let (tx, rx) = async_channel::unbounded();
@@ -184,7 +261,10 @@ pub fn spawn(
             }
             let driver = config.driver;
             let entries = config.io_uring_entries;
-            let run = |d: Driver| run(id, config.clone(), listeners, rx, started.clone(), d);
+            let run = |d: Driver| {
+                let ctx = Rc::new(WorkerCtx::new(id, config.clone(), &logs));
+                run(ctx, listeners, rx, started.clone(), d)
+            };
             let uring = match driver {
                 DriverChoice::Epoll => None,
                 DriverChoice::IoUring => Some(uring_runtime(entries)),
@@ -233,15 +313,13 @@ fn legacy_runtime() -> io::Result<monoio::Runtime<monoio::time::TimeDriver<Legac
 
 /// The worker's main task: accept loops, control messages, drain.
 async fn run(
-    id: usize,
-    config: Arc<Config>,
+    ctx: Rc<WorkerCtx>,
     listeners: Vec<BoundListener>,
     control: async_channel::Receiver<Control>,
     started: mpsc::Sender<Result<Driver, String>>,
     driver: Driver,
 ) {
-    let drain_timeout = config.drain_timeout;
-    let ctx = Rc::new(WorkerCtx::new(id, config));
+    let id = ctx.id;
     for l in listeners {
         let listener = match TcpListener::from_std(l.socket) {
             Ok(listener) => listener,
@@ -259,13 +337,21 @@ async fn run(
             l.config.max_connections as usize,
         ));
     }
+    if ctx.access_log.borrow().is_some() {
+        monoio::spawn(flush_logs(ctx.clone()));
+    }
     let _ = started.send(Ok(driver));
 
-    let mut drain_timeout = drain_timeout;
-    while let Ok(Control::Reload(config)) = control.recv().await {
-        drain_timeout = config.drain_timeout;
-        ctx.install(config);
+    loop {
+        match control.recv().await {
+            Ok(Control::Reload(config)) => ctx.install(config),
+            Ok(Control::Collect(reply)) => {
+                let _ = reply.try_send(ctx.report(driver));
+            }
+            Ok(Control::Shutdown) | Err(_) => break,
+        }
     }
+    let drain_timeout = ctx.snapshot().config.drain_timeout;
 
     // Drain: stop accepting, close idle connections, let requests finish.
     ctx.drain.start();
@@ -281,6 +367,24 @@ async fn run(
             open = ctx.conns.active(),
             "drain timeout passed; closing remaining connections"
         );
+    }
+    // Hands the last lines to the writer.
+    ctx.access_log.borrow_mut().take();
+}
+
+/// Hands partly filled log batches to the writer at the configured
+/// interval, so lines of a quiet worker still appear promptly.
+async fn flush_logs(ctx: Rc<WorkerCtx>) {
+    let drain = ctx.drain.register();
+    loop {
+        let interval = ctx.snapshot().config.access_log.flush_interval;
+        monoio::select! {
+            _ = monoio::time::sleep(interval) => {}
+            _ = drain.wait() => return,
+        }
+        if let Some(sink) = ctx.access_log.borrow_mut().as_mut() {
+            sink.flush();
+        }
     }
 }
 

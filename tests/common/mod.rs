@@ -760,6 +760,11 @@ impl Client {
             .expect("a response")
     }
 
+    /// `GET path` with a Host header on this connection.
+    pub fn get(&mut self, path: &str) -> Response {
+        self.request(&format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n"))
+    }
+
     /// True when the server has closed the connection (EOF, no more bytes).
     pub fn is_closed(&mut self) -> bool {
         let mut b = [0u8; 1];
@@ -789,4 +794,111 @@ pub fn assert_json_error(r: &Response, status: u16) {
         text.ends_with(&format!(r#""request_id":"{id}"}}"#)),
         "{text}"
     );
+}
+
+// ---------------------------------------------------------------- metrics
+
+/// One sample of a Prometheus text exposition.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+/// Scrapes `/metrics` from the admin listener and parses every sample.
+pub fn scrape(gw: &Gateway) -> Metrics {
+    let r = get(gw.admin(), "/metrics");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    Metrics::parse(&r.text())
+}
+
+/// A parsed exposition.
+pub struct Metrics {
+    pub text: String,
+    pub samples: Vec<Sample>,
+}
+
+impl Metrics {
+    pub fn parse(text: &str) -> Metrics {
+        let mut samples = Vec::new();
+        for line in text.lines() {
+            if line.starts_with('#') || line.trim().is_empty() {
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            let value: f64 = value
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value: {line}"));
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => {
+                    let body = rest.strip_suffix('}').unwrap();
+                    let mut labels = Vec::new();
+                    for pair in body.split("\",").filter(|p| !p.is_empty()) {
+                        let (k, v) = pair.split_once("=\"").unwrap();
+                        labels.push((k.to_string(), v.trim_end_matches('"').to_string()));
+                    }
+                    (name.to_string(), labels)
+                }
+                None => (series.to_string(), Vec::new()),
+            };
+            samples.push(Sample {
+                name,
+                labels,
+                value,
+            });
+        }
+        Metrics {
+            text: text.to_string(),
+            samples,
+        }
+    }
+
+    /// Samples of `name` whose labels include all of `labels`.
+    pub fn matching<'a>(
+        &'a self,
+        name: &'a str,
+        labels: &'a [(&'a str, &'a str)],
+    ) -> impl Iterator<Item = &'a Sample> + 'a {
+        self.samples.iter().filter(move |s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.iter().any(|(lk, lv)| lk == k && lv == v))
+        })
+    }
+
+    /// Sum of the matching samples (0 when none).
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.matching(name, labels).map(|s| s.value).sum()
+    }
+
+    /// Whether any sample of `name` exists.
+    pub fn has(&self, name: &str) -> bool {
+        self.samples.iter().any(|s| s.name == name)
+    }
+}
+
+/// Waits until `path` holds at least `n` lines; returns them.
+pub fn wait_file_lines(path: &std::path::Path, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        if lines.len() >= n {
+            return lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} has {} of {n} lines",
+            path.display(),
+            lines.len()
+        );
+        // A file has no blocking wait-for-content API; poll it.
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

@@ -152,8 +152,10 @@ fn write_hgrm(h: &Histogram<u64>, path: &str) -> std::io::Result<()> {
         "{:>12} {:>14} {:>10} {:>14}\n",
         "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
     )?;
+    let mut total = 0u64;
     for v in h.iter_quantiles(5) {
-        let p = v.percentile() / 100.0;
+        total += v.count_since_last_iteration();
+        let p = v.quantile_iterated_to();
         let inv = if p < 1.0 {
             format!("{:14.2}", 1.0 / (1.0 - p))
         } else {
@@ -164,7 +166,7 @@ fn write_hgrm(h: &Histogram<u64>, path: &str) -> std::io::Result<()> {
             "{:12.3} {:14.12} {:10} {}",
             v.value_iterated_to() as f64 / 1000.0,
             p,
-            v.count_since_last_iteration(),
+            total,
             inv
         )?;
     }
