@@ -4,6 +4,13 @@
 #
 #   perf/compare.sh [--reps N] [--duration SECONDS] [--connections N]
 #                   [--scenarios "small 16k 1m post64k newconn"] [--no-latency] [--no-idle]
+#                   [--observability] [--baseline PATH-TO-RINGGATE-BINARY]
+#
+# --observability adds the target ringgate-obs: the same build with the
+# access log on (to a file) besides the always-on metrics. --baseline adds
+# ringgate-base: another ringgate binary (e.g. built from an earlier commit)
+# with the plain config, for before/after comparisons in the same run. Both
+# take part in the throughput phase only.
 #
 # Layout (2 cores): every proxy runs ONE worker pinned to core 0; the origin
 # (nginx serving fixed bodies) and the load generator (wrk) are pinned to
@@ -38,8 +45,12 @@ CONNS=50
 SCENARIOS="small 16k 1m post64k newconn"
 LATENCY=1
 IDLE=1
+EXTRA=""
+BASELINE=""
 while [ $# -gt 0 ]; do
   case "$1" in
+    --observability) EXTRA="$EXTRA ringgate-obs"; shift ;;
+    --baseline) BASELINE=$(realpath "$2"); EXTRA="$EXTRA ringgate-base"; shift 2 ;;
     --no-latency) LATENCY=0; shift ;;
     --no-idle) IDLE=0; shift ;;
     --reps) REPS=$2; shift 2 ;;
@@ -75,6 +86,7 @@ IDLE_CONNS=$(( $(ulimit -n) / 2 - 500 ))
 [ "$IDLE_CONNS" -gt 10000 ] && IDLE_CONNS=10000
 
 ORIGIN=18080; P_RINGGATE=18081; P_NGINX=18082; P_HAPROXY=18083
+P_RINGGATE_OBS=18084; P_RINGGATE_BASE=18085
 
 # ---- origin: nginx on core 1 serving fixed bodies
 mkdir -p "$WORK/www" "$WORK/logs"
@@ -164,6 +176,10 @@ endpoints = ["127.0.0.1:$ORIGIN"]
 name = "all"
 proxy = { cluster = "origin" }
 EOF
+# The same config with the access log on, and one for the baseline binary.
+sed -e "s/:$P_RINGGATE\"/:$P_RINGGATE_OBS\"/" "$WORK/ringgate.toml" > "$WORK/ringgate-obs.toml"
+printf '[access_log]\ndestination = "%s"\n' "$WORK/logs/access.log" >> "$WORK/ringgate-obs.toml"
+sed -e "s/:$P_RINGGATE\"/:$P_RINGGATE_BASE\"/" "$WORK/ringgate.toml" > "$WORK/ringgate-base.toml"
 cat > "$WORK/post.lua" <<EOF
 wrk.method = "POST"
 local f = io.open("$WORK/post64k.body", "rb"); wrk.body = f:read("*a"); f:close()
@@ -177,7 +193,14 @@ taskset -c 1 nginx -c "$WORK/origin.conf" &
 taskset -c 0 nginx -c "$WORK/nginx.conf" &
 taskset -c 0 haproxy -f "$WORK/haproxy.cfg" -db &
 taskset -c 0 "$RINGGATE" run -c "$WORK/ringgate.toml" 2> "$WORK/logs/ringgate.err" &
-for port in $ORIGIN $P_NGINX $P_HAPROXY $P_RINGGATE; do
+ports="$ORIGIN $P_NGINX $P_HAPROXY $P_RINGGATE"
+case "$EXTRA" in *ringgate-obs*)
+  taskset -c 0 "$RINGGATE" run -c "$WORK/ringgate-obs.toml" 2> "$WORK/logs/ringgate-obs.err" &
+  ports="$ports $P_RINGGATE_OBS" ;; esac
+case "$EXTRA" in *ringgate-base*)
+  taskset -c 0 "$BASELINE" run -c "$WORK/ringgate-base.toml" 2> "$WORK/logs/ringgate-base.err" &
+  ports="$ports $P_RINGGATE_BASE" ;; esac
+for port in $ports; do
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 done
 
@@ -185,6 +208,8 @@ done
 pids_of() {
   case "$1" in
     ringgate) pgrep -f "$WORK/ringgate.toml" ;;
+    ringgate-obs) pgrep -f "$WORK/ringgate-obs.toml" ;;
+    ringgate-base) pgrep -f "$WORK/ringgate-base.toml" ;;
     nginx) pgrep -f "nginx: worker process" | while read -r p; do
              grep -q "$WORK/nginx.conf" "/proc/$(ps -o ppid= -p "$p" | tr -d ' ')/cmdline" 2>/dev/null && echo "$p"; done ;;
     haproxy) pgrep -f "$WORK/haproxy.cfg" ;;
@@ -192,7 +217,12 @@ pids_of() {
 }
 cpu_ticks() { local t=0; for p in $(pids_of "$1"); do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo $t; }
 active_opens() { awk '/^Tcp:/ { if (h) { print $6; exit } h=1 }' /proc/net/snmp; }
-port_of() { case "$1" in ringgate) echo $P_RINGGATE ;; nginx) echo $P_NGINX ;; haproxy) echo $P_HAPROXY ;; esac; }
+port_of() {
+  case "$1" in
+    ringgate) echo $P_RINGGATE ;; nginx) echo $P_NGINX ;; haproxy) echo $P_HAPROXY ;;
+    ringgate-obs) echo $P_RINGGATE_OBS ;; ringgate-base) echo $P_RINGGATE_BASE ;;
+  esac
+}
 HZ=$(getconf CLK_TCK)
 
 wrk_args() {
@@ -210,7 +240,7 @@ echo "target scenario rep rps cpu_us_per_req p50_ms p99_ms conn_per_1k errors" >
 for scenario in $SCENARIOS; do
   conns=$CONNS; [ "$scenario" = 1m ] && conns=10
   for rep in $(seq "$REPS"); do
-    for target in $TARGETS; do
+    for target in $TARGETS $EXTRA; do
       read -r -a args <<< "$(wrk_args "$scenario")"
       path=${args[-1]}; unset 'args[-1]'
       url="http://127.0.0.1:$(port_of "$target")$path"

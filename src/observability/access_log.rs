@@ -51,7 +51,7 @@ pub fn write_access(out: &mut Vec<u8>, clock: &Clock, r: &AccessRecord<'_>, quer
     out.extend_from_slice(b"\",\"type\":\"access\",\"request_id\":\"");
     escape_bytes(out, r.request_id);
     out.extend_from_slice(b"\",\"client_ip\":\"");
-    let _ = write!(out, "{}", canonical(r.client));
+    push_ip(out, canonical(r.client));
     out.extend_from_slice(b"\",\"method\":\"");
     escape_bytes(out, r.method);
     out.extend_from_slice(b"\",\"path\":\"");
@@ -69,7 +69,17 @@ pub fn write_access(out: &mut Vec<u8>, clock: &Clock, r: &AccessRecord<'_>, quer
     out.extend_from_slice(b",\"endpoint\":");
     match r.endpoint {
         Some(e) => {
-            let _ = write!(out, "\"{e}\"");
+            out.push(b'"');
+            if e.is_ipv6() {
+                out.push(b'[');
+                push_ip(out, e.ip());
+                out.push(b']');
+            } else {
+                push_ip(out, e.ip());
+            }
+            out.push(b':');
+            push_u64(out, u64::from(e.port()));
+            out.push(b'"');
         }
         None => out.extend_from_slice(b"null"),
     }
@@ -127,6 +137,24 @@ pub fn field_u64(out: &mut Vec<u8>, key: &str, value: u64) {
     push_u64(out, value);
 }
 
+/// IPv4 digits directly (the common case, and `fmt` is slow per octet);
+/// IPv6 through `Display` for its zero compression.
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_u64(out, u64::from(octet));
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
@@ -167,11 +195,16 @@ fn redact_query(out: &mut Vec<u8>, query: &[u8]) {
 /// ASCII as `\u00XX` (request bytes need not be UTF-8).
 pub fn escape_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for &b in bytes {
+    let plain = |b: &u8| matches!(b, 0x20..=0x7e) && *b != b'"' && *b != b'\\';
+    let mut rest = bytes;
+    // Copy runs that need no escaping in one go.
+    while let Some(i) = rest.iter().position(|b| !plain(b)) {
+        out.extend_from_slice(&rest[..i]);
+        let b = rest[i];
+        rest = &rest[i + 1..];
         match b {
             b'"' => out.extend_from_slice(b"\\\""),
             b'\\' => out.extend_from_slice(b"\\\\"),
-            0x20..=0x7e => out.push(b),
             _ => out.extend_from_slice(&[
                 b'\\',
                 b'u',
@@ -182,6 +215,7 @@ pub fn escape_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
             ]),
         }
     }
+    out.extend_from_slice(rest);
 }
 
 /// Milliseconds with microsecond precision: `12.345`.
@@ -289,8 +323,12 @@ mod tests {
     #[test]
     fn escaping_yields_json() {
         let mut out = Vec::new();
-        escape_bytes(&mut out, b"a\"b\\c\x01\xff");
-        assert_eq!(out, br#"a\"b\\c\u0001\u00ff"#);
+        escape_bytes(&mut out, b"a\"b\\c\x01\xff-end");
+        assert_eq!(out, br#"a\"b\\c\u0001\u00ff-end"#);
+        let mut out = Vec::new();
+        push_ip(&mut out, "2001:db8::1".parse().unwrap());
+        push_ip(&mut out, "10.200.3.4".parse().unwrap());
+        assert_eq!(out, b"2001:db8::110.200.3.4");
     }
 
     #[test]
@@ -319,6 +357,7 @@ mod tests {
         assert!(line.contains(r#""path":"/a\"b?secret=***""#), "{line}");
         assert!(line.contains(r#""duration_ms":1234.567"#), "{line}");
         assert!(line.contains(r#""cluster":null"#), "{line}");
+        assert!(line.contains(r#""endpoint":"127.0.0.1:80""#), "{line}");
         assert!(!line.contains("=1"), "{line}");
     }
 }
