@@ -397,9 +397,16 @@ impl Upstream {
     }
 
     /// An address nothing listens on (connection refused).
+    ///
+    /// The port stays bound (without listening) for the rest of the test
+    /// process, so no other test can start listening on it meanwhile.
     pub fn refused_addr() -> SocketAddr {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
+        use socket2::{Domain, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+        let addr = s.local_addr().unwrap().as_socket().unwrap();
+        std::mem::forget(s);
+        addr
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
