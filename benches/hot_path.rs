@@ -10,6 +10,10 @@
 //!    scan with per-request lowercasing, at 10 and 1,000 routes.
 //! 3. `rewrite`: rendering the upstream head straight into a reused buffer
 //!    instead of collecting headers into owned strings and `format!`-ing.
+//! 4. `ip_filter`: a 100,000-entry block list as sorted merged ranges with
+//!    binary search, instead of a linear scan over the CIDRs.
+//! 5. `path`: normalising a request path into reused buffers, against the
+//!    allocating way (decode to a `String`, split, collect segments, join).
 //!
 //! Run: `cargo bench --bench hot_path`. Results: docs/PERFORMANCE.md.
 
@@ -23,6 +27,8 @@ use ringgate::http::head::{parse_request, HeadLimits, RequestHead, RequestView};
 use ringgate::http::proxy::{render_request_head, UpstreamHead};
 use ringgate::http::response::RequestId;
 use ringgate::routing::{Action, ProxyAction, Router};
+use ringgate::security::ipset::IpSet;
+use ringgate::security::path::normalize;
 
 const REQUEST: &[u8] = b"GET /api/v1/users/12345/orders?limit=20&sort=desc HTTP/1.1\r\n\
 Host: api.example.com\r\n\
@@ -154,6 +160,7 @@ fn rewrite(c: &mut Criterion) {
     let action: ProxyAction = action.clone();
     let id = RequestId::from_client(b"0123456789abcdef0123456789abcdef");
     let up = UpstreamHead {
+        path: b"/api/v1/items",
         action: &action,
         prefix_len: 4,
         via: false,
@@ -192,5 +199,81 @@ fn rewrite(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, parse, route, rewrite);
+fn block_list() -> Vec<ipnet::IpNet> {
+    let mut x: u32 = 0x2545_f491;
+    (0..100_000)
+        .map(|_| {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let len = 24 + (x % 9) as u8;
+            ipnet::IpNet::V4(ipnet::Ipv4Net::new(x.into(), len).unwrap().trunc())
+        })
+        .collect()
+}
+
+fn ip_filter(c: &mut Criterion) {
+    let nets = block_list();
+    let set = IpSet::new(nets.clone());
+    let probes: Vec<IpAddr> = (0..1024u32)
+        .map(|i| IpAddr::V4(i.wrapping_mul(2_654_435_761).into()))
+        .collect();
+    let mut g = c.benchmark_group("ip_filter_100k");
+    let mut i = 0;
+    g.bench_function("sorted_ranges", |b| {
+        b.iter(|| {
+            i = (i + 1) % probes.len();
+            black_box(set.contains(black_box(probes[i])))
+        })
+    });
+    g.bench_function("naive_linear_scan", |b| {
+        b.iter(|| {
+            i = (i + 1) % probes.len();
+            black_box(nets.iter().any(|n| n.contains(&black_box(probes[i]))))
+        })
+    });
+    g.finish();
+}
+
+fn naive_normalize(raw: &str) -> String {
+    let decoded: String = {
+        let bytes = raw.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'%' && i + 2 < bytes.len() {
+                out.push(u8::from_str_radix(&raw[i + 1..i + 3], 16).unwrap_or(b'%'));
+                i += 3;
+            } else {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let mut segs: Vec<String> = Vec::new();
+    for s in decoded.split('/') {
+        match s {
+            "" | "." => {}
+            ".." => {
+                segs.pop();
+            }
+            s => segs.push(s.to_string()),
+        }
+    }
+    format!("/{}", segs.join("/"))
+}
+
+fn path(c: &mut Criterion) {
+    let raw = "/api/v1/users/%7Ejohn/./orders//2024/../2025/items";
+    let mut g = c.benchmark_group("path_normalize");
+    let (mut out, mut scratch) = (Vec::with_capacity(256), Vec::with_capacity(256));
+    g.bench_function("reused_buffers", |b| {
+        b.iter(|| black_box(normalize(black_box(raw.as_bytes()), &mut out, &mut scratch).is_ok()))
+    });
+    g.bench_function("naive_allocating", |b| {
+        b.iter(|| black_box(naive_normalize(black_box(raw))))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, parse, route, rewrite, ip_filter, path);
 criterion_main!(benches);

@@ -5,12 +5,14 @@
 #   perf/compare.sh [--reps N] [--duration SECONDS] [--connections N]
 #                   [--scenarios "small 16k 1m post64k newconn"] [--no-latency] [--no-idle]
 #                   [--observability] [--baseline PATH-TO-RINGGATE-BINARY]
+#                   [--ip-list N]
 #
 # --observability adds the target ringgate-obs: the same build with the
 # access log on (to a file) besides the always-on metrics. --baseline adds
 # ringgate-base: another ringgate binary (e.g. built from an earlier commit)
 # with the plain config, for before/after comparisons in the same run. Both
-# take part in the throughput phase only.
+# take part in the throughput phase only. --ip-list N gives every ringgate
+# target except the baseline a global deny list file of N entries.
 #
 # Layout (2 cores): every proxy runs ONE worker pinned to core 0; the origin
 # (nginx serving fixed bodies) and the load generator (wrk) are pinned to
@@ -47,9 +49,11 @@ LATENCY=1
 IDLE=1
 EXTRA=""
 BASELINE=""
+IP_LIST=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --observability) EXTRA="$EXTRA ringgate-obs"; shift ;;
+    --ip-list) IP_LIST=$2; shift 2 ;;
     --baseline) BASELINE=$(realpath "$2"); EXTRA="$EXTRA ringgate-base"; shift 2 ;;
     --no-latency) LATENCY=0; shift ;;
     --no-idle) IDLE=0; shift ;;
@@ -176,10 +180,18 @@ endpoints = ["127.0.0.1:$ORIGIN"]
 name = "all"
 proxy = { cluster = "origin" }
 EOF
-# The same config with the access log on, and one for the baseline binary.
+# The baseline gets the plain config; the others an IP deny list if asked.
+sed -e "s/:$P_RINGGATE\"/:$P_RINGGATE_BASE\"/" "$WORK/ringgate.toml" > "$WORK/ringgate-base.toml"
+if [ "$IP_LIST" -gt 0 ]; then
+  python3 -c "
+for i in range($IP_LIST):
+    n = 0x0a000000 + i * 7
+    print(f'{n >> 24}.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}')" > "$WORK/deny.txt"
+  printf '[security.ip_filter]\ndeny_files = ["%s"]\n' "$WORK/deny.txt" >> "$WORK/ringgate.toml"
+fi
+# The same config with the access log on.
 sed -e "s/:$P_RINGGATE\"/:$P_RINGGATE_OBS\"/" "$WORK/ringgate.toml" > "$WORK/ringgate-obs.toml"
 printf '[access_log]\ndestination = "%s"\n' "$WORK/logs/access.log" >> "$WORK/ringgate-obs.toml"
-sed -e "s/:$P_RINGGATE\"/:$P_RINGGATE_BASE\"/" "$WORK/ringgate.toml" > "$WORK/ringgate-base.toml"
 cat > "$WORK/post.lua" <<EOF
 wrk.method = "POST"
 local f = io.open("$WORK/post64k.body", "rb"); wrk.body = f:read("*a"); f:close()

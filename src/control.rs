@@ -99,11 +99,18 @@ pub fn run(config_path: PathBuf, config: Config) -> Result<(), StartError> {
     state.ready.store(true, Ordering::Release);
     tracing::info!(workers = handles.len(), driver, "ready");
 
+    let watch = Arc::new(std::sync::Mutex::new(watch_list(&config)));
+    spawn_list_watcher(watch.clone())?;
     let mut current = config;
     for signal in signals.forever() {
         match signal {
             SIGHUP => {
                 let ok = reload(&config_path, &handles, &mut current, &logs);
+                if ok {
+                    if let Ok(mut w) = watch.lock() {
+                        *w = watch_list(&current);
+                    }
+                }
                 let counter = if ok {
                     &state.reloads_ok
                 } else {
@@ -124,6 +131,51 @@ pub fn run(config_path: PathBuf, config: Config) -> Result<(), StartError> {
     stop(handles);
     logs.close();
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// The list files a config read and how often to check them.
+fn watch_list(config: &Config) -> (Vec<std::path::PathBuf>, std::time::Duration) {
+    (
+        config.security.watched_files.clone(),
+        config.security.watch_interval,
+    )
+}
+
+/// Checks the IP list files for changes (size or modification time) and
+/// reloads the whole config through SIGHUP when one changed, so a list
+/// change is validated, logged and audited like any reload.
+fn spawn_list_watcher(
+    watch: Arc<std::sync::Mutex<(Vec<std::path::PathBuf>, std::time::Duration)>>,
+) -> std::io::Result<()> {
+    type Stamp = Option<(std::time::SystemTime, u64)>;
+    let stamp = |p: &Path| -> Stamp {
+        std::fs::metadata(p)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())))
+    };
+    std::thread::Builder::new()
+        .name("ringgate-watch".into())
+        .spawn(move || {
+            let mut seen: Vec<(std::path::PathBuf, Stamp)> = Vec::new();
+            loop {
+                let (files, interval) = match watch.lock() {
+                    Ok(w) => w.clone(),
+                    Err(_) => return,
+                };
+                let now: Vec<(std::path::PathBuf, Stamp)> =
+                    files.iter().map(|f| (f.clone(), stamp(f))).collect();
+                let changed = now
+                    .iter()
+                    .any(|(f, s)| seen.iter().any(|(g, old)| g == f && old != s));
+                seen = now;
+                if changed {
+                    tracing::info!("an IP list file changed; reloading the config");
+                    let _ = signal_hook::low_level::raise(SIGHUP);
+                }
+                std::thread::sleep(interval);
+            }
+        })?;
     Ok(())
 }
 

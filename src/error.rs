@@ -13,15 +13,38 @@ pub enum GatewayError {
     /// 400: the request violates HTTP/1.1 syntax or framing (client side).
     #[error("bad request")]
     BadRequest,
+    /// 400: the path is refused by normalisation or by the route (client side).
+    #[error("invalid path")]
+    InvalidPath,
+    /// 400: a header the route requires is missing (client side).
+    #[error("missing header")]
+    MissingHeader,
+    /// 400: a query parameter breaks the route's rules (client side).
+    #[error("invalid query")]
+    InvalidQuery,
+    /// 403: the client address is denied, or not allowed (client side).
+    #[error("forbidden")]
+    Forbidden,
+    /// 403: a CORS preflight from an origin or for a method/header the
+    /// route does not allow (client side).
+    #[error("cors refused")]
+    CorsRefused,
     /// 404: no route matches (client side).
     #[error("no route")]
     NotFound,
+    /// 405: the route does not accept this method (client side; `Allow` lists
+    /// what it accepts, RFC 9110 15.5.6).
+    #[error("method not allowed")]
+    MethodNotAllowed,
     /// 408: the request head or body did not arrive in time (client side).
     #[error("request timeout")]
     RequestTimeout,
     /// 413: the body exceeds the route's `max_body_bytes` (client side).
     #[error("payload too large")]
     PayloadTooLarge,
+    /// 415: the body's media type is not one the route accepts (client side).
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
     /// 414: the request line exceeds `limits.max_request_line` (client side).
     #[error("uri too long")]
     UriTooLong,
@@ -42,8 +65,14 @@ pub enum GatewayError {
 impl GatewayError {
     pub fn status(self) -> u16 {
         match self {
-            GatewayError::BadRequest => 400,
+            GatewayError::BadRequest
+            | GatewayError::InvalidPath
+            | GatewayError::MissingHeader
+            | GatewayError::InvalidQuery => 400,
+            GatewayError::Forbidden | GatewayError::CorsRefused => 403,
             GatewayError::NotFound => 404,
+            GatewayError::MethodNotAllowed => 405,
+            GatewayError::UnsupportedMediaType => 415,
             GatewayError::RequestTimeout => 408,
             GatewayError::PayloadTooLarge => 413,
             GatewayError::UriTooLong => 414,
@@ -58,7 +87,14 @@ impl GatewayError {
     pub fn public_message(self) -> &'static str {
         match self {
             GatewayError::BadRequest => "bad request",
+            GatewayError::InvalidPath => "invalid request path",
+            GatewayError::MissingHeader => "a required header is missing",
+            GatewayError::InvalidQuery => "invalid query parameters",
+            GatewayError::Forbidden => "forbidden",
+            GatewayError::CorsRefused => "cross-origin request not allowed",
             GatewayError::NotFound => "no route matches this request",
+            GatewayError::MethodNotAllowed => "method not allowed",
+            GatewayError::UnsupportedMediaType => "unsupported media type",
             GatewayError::RequestTimeout => "request timeout",
             GatewayError::PayloadTooLarge => "request body too large",
             GatewayError::UriTooLong => "request line too long",

@@ -10,6 +10,8 @@
 //!   (`proxy`), gateway-made responses (`response`).
 //! - `routing`: the compiled route table.
 //! - `upstream`: clusters, balancers, keep-alive pools, passive health.
+//! - `security`: path normalisation, client address behind trusted proxies,
+//!   IP allow/deny lists, response header policy, CORS, request validation.
 //! - `admin`: the admin listener (`/healthz`, `/readyz`, `/metrics`,
 //!   `/stats/latency`, `/stats/allocations`).
 //! - `observability`: metric names and per-worker counters, latency
@@ -28,6 +30,7 @@ pub mod error;
 pub mod http;
 pub mod observability;
 pub mod routing;
+pub mod security;
 pub mod sys;
 pub mod upstream;
 pub mod worker;

@@ -54,6 +54,28 @@ pub const CONNECT_ATTEMPTS: u32 = 2;
 
 pub const ADMIN_ADDRESS: &str = "127.0.0.1:9901";
 
+/// List files (IP allow/deny) are checked for changes this often.
+pub const LIST_WATCH_INTERVAL: StdDuration = StdDuration::from_secs(2);
+/// CORS preflight answers are cached this long by browsers.
+pub const CORS_MAX_AGE: StdDuration = StdDuration::from_secs(600);
+/// Response fields that only advertise the upstream's software.
+pub const REMOVED_RESPONSE_HEADERS: [&str; 4] = [
+    "server",
+    "x-powered-by",
+    "x-aspnet-version",
+    "x-aspnetmvc-version",
+];
+/// The default security header set, added when the upstream sent none.
+pub const SECURITY_HEADERS: [(&str, &str); 4] = [
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+    ("referrer-policy", "no-referrer"),
+    (
+        "content-security-policy",
+        "default-src 'none'; frame-ancestors 'none'",
+    ),
+];
+
 /// Access logging is opt-in: a busy gateway writes a line per request.
 pub const ACCESS_LOG_DESTINATION: &str = "off";
 /// Audit events are rare and matter: on by default, beside the operational log.
@@ -166,4 +188,13 @@ pub fn log_flush_interval() -> Duration {
 }
 pub fn access_log_sample() -> f64 {
     1.0
+}
+pub fn list_watch_interval() -> Duration {
+    Duration(LIST_WATCH_INTERVAL)
+}
+pub fn cors_max_age() -> Duration {
+    Duration(CORS_MAX_AGE)
+}
+pub fn cors_methods() -> Vec<String> {
+    ["GET", "HEAD", "POST"].map(String::from).to_vec()
 }

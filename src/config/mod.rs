@@ -55,6 +55,8 @@ pub struct Config {
     pub audit_log: Option<Destination>,
     /// W3C trace context: pass through, or also start when absent.
     pub trace_context: TraceMode,
+    /// Trusted proxies, global IP filter, gateway response headers.
+    pub security: crate::security::Security,
     pub listeners: Vec<ListenerConfig>,
     pub clusters: Vec<ClusterConfig>,
     pub router: Router,

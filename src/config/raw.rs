@@ -33,6 +33,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub audit_log: RawAuditLog,
     #[serde(default)]
+    pub security: RawSecurity,
+    #[serde(default)]
     pub listeners: Vec<RawListener>,
     #[serde(default)]
     pub clusters: Vec<RawCluster>,
@@ -199,6 +201,109 @@ impl Default for RawLog {
     }
 }
 
+/// `[security]`: client address, IP filtering, response headers.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecurity {
+    /// CIDRs whose `X-Forwarded-For` is believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// How often list files are checked for changes.
+    #[serde(default = "d::list_watch_interval")]
+    pub list_watch_interval: Duration,
+    #[serde(default)]
+    pub ip_filter: RawIpFilter,
+    #[serde(default)]
+    pub response_headers: RawResponseHeaders,
+}
+
+impl Default for RawSecurity {
+    fn default() -> Self {
+        Self {
+            trusted_proxies: Vec::new(),
+            list_watch_interval: d::list_watch_interval(),
+            ip_filter: RawIpFilter::default(),
+            response_headers: RawResponseHeaders::default(),
+        }
+    }
+}
+
+/// Allow and deny lists (global or per route).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIpFilter {
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub deny: Vec<String>,
+    #[serde(default)]
+    pub allow_files: Vec<String>,
+    #[serde(default)]
+    pub deny_files: Vec<String>,
+}
+
+/// Response header policy (global or per route).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResponseHeaders {
+    /// The default security header set; inherits when absent.
+    pub defaults: Option<bool>,
+    /// Fields set on every response, replacing upstream values.
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Fields removed from upstream responses (added to the defaults).
+    #[serde(default)]
+    pub remove: Vec<String>,
+    /// Keep fields the global default removes (e.g. "server").
+    #[serde(default)]
+    pub keep: Vec<String>,
+}
+
+/// `[routes.validate]`: what a request must look like to be forwarded.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawValidate {
+    /// Allowed methods; others get 405 with `Allow`.
+    pub methods: Option<Vec<String>>,
+    #[serde(default)]
+    pub required_headers: Vec<String>,
+    /// Allowed media types of request bodies (415).
+    pub content_types: Option<Vec<String>>,
+    pub max_uri_bytes: Option<ByteSize>,
+    pub max_headers: Option<u32>,
+    pub max_header_bytes: Option<ByteSize>,
+    pub max_query_params: Option<u32>,
+    #[serde(default)]
+    pub query: Vec<RawQueryRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQueryRule {
+    pub name: String,
+    #[serde(default)]
+    pub required: bool,
+    pub pattern: Option<String>,
+    pub max_length: Option<u32>,
+}
+
+/// `[routes.cors]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCors {
+    pub allow_origins: Vec<String>,
+    #[serde(default = "d::cors_methods")]
+    pub allow_methods: Vec<String>,
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    #[serde(default)]
+    pub allow_credentials: bool,
+    #[serde(default = "d::cors_max_age")]
+    pub max_age: Duration,
+}
+
 /// `[access_log]`: one JSON line per request.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -337,6 +442,14 @@ pub struct RawRoute {
     /// Share of this route's requests written to the access log (0.0-1.0).
     #[serde(default = "d::access_log_sample")]
     pub access_log_sample: f64,
+    pub ip_filter: Option<RawIpFilter>,
+    pub response_headers: Option<RawResponseHeaders>,
+    pub validate: Option<RawValidate>,
+    pub cors: Option<RawCors>,
+    /// Path properties this route accepts ("encoded_slash", "backslash",
+    /// "double_encoding", "invalid_utf8").
+    #[serde(default)]
+    pub allow_path: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -349,6 +462,9 @@ pub struct RawMatch {
     pub methods: Option<Vec<String>>,
     #[serde(default)]
     pub headers: Vec<RawHeaderMatch>,
+    /// Match the path case-insensitively (ASCII).
+    #[serde(default)]
+    pub ignore_case: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -6,7 +6,10 @@ use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
 
 use super::diagnostic::{ConfigError, Diagnostic, KeyPath, Locator};
-use super::raw::{BalancerKind, RawCluster, RawConfig, RawEndpoint, RawRoute, RawWorkers};
+use super::raw::{
+    BalancerKind, RawCluster, RawConfig, RawEndpoint, RawIpFilter, RawResponseHeaders, RawRoute,
+    RawSecurity, RawWorkers,
+};
 use super::{
     AccessLogConfig, ClusterConfig, Config, EndpointConfig, Limits, ListenerConfig, LogConfig,
     PoolConfig, Timeouts,
@@ -17,6 +20,11 @@ use crate::routing::{
     Action, DirectResponse, HeaderMatch, HostMatch, MethodSet, PathMatch, ProxyAction, Route,
     Router,
 };
+use crate::security::cors::Cors;
+use crate::security::ipset::{parse_entry, read_list, IpSet};
+use crate::security::path::Anomalies;
+use crate::security::validate::{QueryRule, Validate};
+use crate::security::{Field, HeaderPolicy, IpFilter, RoutePolicy, Security};
 
 /// Most workers any config may ask for.
 const MAX_WORKERS: i64 = 1024;
@@ -34,6 +42,15 @@ impl Checker<'_> {
 }
 
 pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
+    parse_in(file, text, std::path::Path::new(file).parent())
+}
+
+/// Parses with relative file paths (IP lists) resolved against `dir`.
+pub fn parse_in(
+    file: &str,
+    text: &str,
+    dir: Option<&std::path::Path>,
+) -> Result<Config, ConfigError> {
     let loc = Locator::new(file, text);
     let raw: RawConfig = match toml::from_str(text) {
         Ok(raw) => raw,
@@ -47,7 +64,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         loc,
         errors: Vec::new(),
     };
-    let config = build(&mut c, raw);
+    let config = build(&mut c, raw, dir.unwrap_or(std::path::Path::new("")));
     if c.errors.is_empty() {
         Ok(config)
     } else {
@@ -58,7 +75,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     }
 }
 
-fn build(c: &mut Checker<'_>, raw: RawConfig) -> Config {
+fn build(c: &mut Checker<'_>, raw: RawConfig, dir: &std::path::Path) -> Config {
     let root = KeyPath::root();
     let server = root.key("server");
     let workers = match raw.server.workers {
@@ -219,6 +236,9 @@ fn build(c: &mut Checker<'_>, raw: RawConfig) -> Config {
         }
     }
 
+    let mut watched = Vec::new();
+    let security = security(c, &root.key("security"), &raw.security, dir, &mut watched);
+
     let mut routes = Vec::new();
     let mut route_names = HashSet::new();
     for (i, rr) in raw.routes.iter().enumerate() {
@@ -229,10 +249,15 @@ fn build(c: &mut Checker<'_>, raw: RawConfig) -> Config {
                 format!("duplicate route name {:?}", rr.name),
             );
         }
-        if let Some(r) = route(c, &p, rr, i, &clusters, limits.max_body_bytes) {
+        if let Some(mut r) = route(c, &p, rr, i, &clusters, limits.max_body_bytes) {
+            r.policy = route_policy(c, &p, rr, &raw.security, dir, &mut watched);
             routes.push(r);
         }
     }
+    let security = Security {
+        watched_files: watched,
+        ..security
+    };
 
     Config {
         workers,
@@ -248,6 +273,7 @@ fn build(c: &mut Checker<'_>, raw: RawConfig) -> Config {
         access_log,
         audit_log,
         trace_context: raw.server.trace_context,
+        security,
         listeners,
         clusters,
         router: Router::new(routes),
@@ -541,6 +567,8 @@ fn route(
     Some(Route {
         name: rr.name.as_str().into(),
         access_log_ppm: (rr.access_log_sample.clamp(0.0, 1.0) * 1e6).round() as u32,
+        ignore_case: m.ignore_case,
+        policy: RoutePolicy::default(),
         host,
         path,
         methods,
@@ -549,6 +577,285 @@ fn route(
         max_body_bytes: rr.max_body_bytes.map_or(default_body, |b| b.0),
         order,
     })
+}
+
+fn security(
+    c: &mut Checker<'_>,
+    p: &KeyPath,
+    raw: &RawSecurity,
+    dir: &std::path::Path,
+    watched: &mut Vec<std::path::PathBuf>,
+) -> Security {
+    let mut trusted = Vec::new();
+    for (i, e) in raw.trusted_proxies.iter().enumerate() {
+        match parse_entry(e) {
+            Ok(net) => trusted.push(net),
+            Err(m) => c.error(&p.key("trusted_proxies").index(i), m),
+        }
+    }
+    if raw.list_watch_interval.0.is_zero() {
+        c.error(&p.key("list_watch_interval"), "must be greater than zero");
+    }
+    let ip_filter = ip_filter(c, &p.key("ip_filter"), &raw.ip_filter, dir, watched);
+    let headers = header_policy(c, &p.key("response_headers"), &raw.response_headers, None);
+    let mut gateway_headers = Vec::new();
+    headers.render(&mut gateway_headers, |_| false);
+    Security {
+        trusted_proxies: IpSet::new(trusted),
+        ip_filter,
+        gateway_headers: gateway_headers.into(),
+        watched_files: Vec::new(),
+        watch_interval: raw.list_watch_interval.0,
+    }
+}
+
+fn ip_filter(
+    c: &mut Checker<'_>,
+    p: &KeyPath,
+    raw: &RawIpFilter,
+    dir: &std::path::Path,
+    watched: &mut Vec<std::path::PathBuf>,
+) -> IpFilter {
+    let mut lists: [(Vec<ipnet::IpNet>, bool); 2] = [(Vec::new(), false), (Vec::new(), false)];
+    for (slot, key, entries, files) in [
+        (0, "allow", &raw.allow, &raw.allow_files),
+        (1, "deny", &raw.deny, &raw.deny_files),
+    ] {
+        for (i, e) in entries.iter().enumerate() {
+            match parse_entry(e) {
+                Ok(net) => lists[slot].0.push(net),
+                Err(m) => c.error(&p.key(key).index(i), m),
+            }
+            lists[slot].1 = true;
+        }
+        let files_key = format!("{key}_files");
+        for (i, f) in files.iter().enumerate() {
+            let path = dir.join(f);
+            match read_list(&path) {
+                Ok(nets) => lists[slot].0.extend(nets),
+                Err((0, e)) => c.error(
+                    &p.key(&files_key).index(i),
+                    format!("{}: {e}", path.display()),
+                ),
+                Err((line, e)) => c.error(
+                    &p.key(&files_key).index(i),
+                    format!("{}:{line}: {e}", path.display()),
+                ),
+            }
+            lists[slot].1 = true;
+            watched.push(path);
+        }
+    }
+    let [(allow, has_allow), (deny, _)] = lists;
+    IpFilter {
+        allow: has_allow.then(|| IpSet::new(allow)),
+        deny: IpSet::new(deny),
+    }
+}
+
+/// The header policy of a route (or, with `route = None`, the global one).
+fn header_policy(
+    c: &mut Checker<'_>,
+    p: &KeyPath,
+    global: &RawResponseHeaders,
+    route: Option<&RawResponseHeaders>,
+) -> HeaderPolicy {
+    let layers: Vec<&RawResponseHeaders> = std::iter::once(global).chain(route).collect();
+    let defaults = layers.iter().rev().find_map(|l| l.defaults).unwrap_or(true);
+    let mut set: Vec<Field> = Vec::new();
+    let mut remove: Vec<Box<[u8]>> = super::defaults::REMOVED_RESPONSE_HEADERS
+        .iter()
+        .map(|n| n.as_bytes().into())
+        .collect();
+    for l in &layers {
+        for (name, value) in &l.set {
+            let lower = name.to_ascii_lowercase();
+            if !is_token(name) || value.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
+                c.error(
+                    &p.key("set").key(name),
+                    format!("{name:?} is not a valid header"),
+                );
+            } else if matches!(
+                lower.as_str(),
+                "content-length"
+                    | "transfer-encoding"
+                    | "connection"
+                    | "x-request-id"
+                    | "keep-alive"
+            ) {
+                c.error(
+                    &p.key("set").key(name),
+                    format!("{name} is set by the gateway"),
+                );
+            }
+            set.retain(|(n, _)| **n != *lower.as_bytes());
+            set.push((lower.into_bytes().into(), value.as_bytes().into()));
+        }
+        for (i, name) in l.remove.iter().enumerate() {
+            if !is_token(name) {
+                c.error(
+                    &p.key("remove").index(i),
+                    format!("{name:?} is not a header name"),
+                );
+            }
+            remove.push(name.to_ascii_lowercase().into_bytes().into());
+        }
+        for name in &l.keep {
+            remove.retain(|n| !n.eq_ignore_ascii_case(name.as_bytes()));
+        }
+    }
+    let if_absent = if defaults {
+        super::defaults::SECURITY_HEADERS
+            .iter()
+            .filter(|(n, _)| !set.iter().any(|(s, _)| **s == *n.as_bytes()))
+            .map(|(n, v)| (n.as_bytes().into(), v.as_bytes().into()))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    HeaderPolicy {
+        remove: remove.into(),
+        set: set.into(),
+        if_absent: if_absent.into(),
+    }
+}
+
+fn route_policy(
+    c: &mut Checker<'_>,
+    p: &KeyPath,
+    rr: &RawRoute,
+    global: &RawSecurity,
+    dir: &std::path::Path,
+    watched: &mut Vec<std::path::PathBuf>,
+) -> RoutePolicy {
+    let ip_filter = match &rr.ip_filter {
+        Some(f) => ip_filter(c, &p.key("ip_filter"), f, dir, watched),
+        None => IpFilter::default(),
+    };
+    let headers = header_policy(
+        c,
+        &p.key("response_headers"),
+        &global.response_headers,
+        rr.response_headers.as_ref(),
+    );
+    let cors = rr.cors.as_ref().and_then(|raw| {
+        if raw.allow_methods.is_empty() {
+            c.error(
+                &p.key("cors").key("allow_methods"),
+                "list at least one method",
+            );
+        }
+        match Cors::new(
+            &raw.allow_origins,
+            &raw.allow_methods,
+            &raw.allow_headers,
+            &raw.expose_headers,
+            raw.allow_credentials,
+            raw.max_age.0.as_secs(),
+        ) {
+            Ok(cors) => Some(cors),
+            Err(m) => {
+                c.error(&p.key("cors"), m);
+                None
+            }
+        }
+    });
+    let vp = p.key("validate");
+    let validate = rr.validate.as_ref().map(|v| {
+        let methods = v.methods.as_ref().map(|list| {
+            let mut set = MethodSet::default();
+            for (i, name) in list.iter().enumerate() {
+                match Method::from_config(name) {
+                    Some(m) => set.insert(m),
+                    None => c.error(
+                        &vp.key("methods").index(i),
+                        format!("{name:?} is not an HTTP method (use upper case)"),
+                    ),
+                }
+            }
+            if list.is_empty() {
+                c.error(&vp.key("methods"), "list at least one method");
+            }
+            (set, list.join(", ").into_bytes().into_boxed_slice())
+        });
+        let mut required = Vec::new();
+        for (i, h) in v.required_headers.iter().enumerate() {
+            if !is_token(h) {
+                c.error(
+                    &vp.key("required_headers").index(i),
+                    format!("{h:?} is not a header name"),
+                );
+            }
+            required.push(h.to_ascii_lowercase().into_bytes().into_boxed_slice());
+        }
+        let content_types = v.content_types.as_ref().map(|list| {
+            let mut types = Vec::new();
+            for (i, t) in list.iter().enumerate() {
+                match t.split_once('/') {
+                    Some((a, b)) if is_token(a) && is_token(b) => {
+                        types.push(t.to_ascii_lowercase().into_bytes().into_boxed_slice());
+                    }
+                    _ => c.error(
+                        &vp.key("content_types").index(i),
+                        format!("{t:?} is not a media type (type/subtype)"),
+                    ),
+                }
+            }
+            types.into_boxed_slice()
+        });
+        let mut query = Vec::new();
+        for (i, q) in v.query.iter().enumerate() {
+            let qp = vp.key("query").index(i);
+            if q.name.is_empty() {
+                c.error(&qp.key("name"), "must not be empty");
+            }
+            let pattern = q.pattern.as_ref().and_then(|pat| {
+                match regex::Regex::new(&format!("^(?:{pat})$")) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        c.error(
+                            &qp.key("pattern"),
+                            format!("not a valid regular expression: {e}"),
+                        );
+                        None
+                    }
+                }
+            });
+            query.push(QueryRule {
+                name: q.name.as_bytes().into(),
+                required: q.required,
+                pattern,
+                max_length: q.max_length.map(|n| n as usize),
+            });
+        }
+        Validate {
+            methods,
+            required_headers: required.into(),
+            content_types,
+            max_uri_bytes: v.max_uri_bytes.map(|b| b.0 as usize),
+            max_headers: v.max_headers.map(|n| n as usize),
+            max_header_bytes: v.max_header_bytes.map(|b| b.0 as usize),
+            max_query_params: v.max_query_params.map(|n| n as usize),
+            query: query.into(),
+        }
+    });
+    let mut allow_path = 0u8;
+    for (i, name) in rr.allow_path.iter().enumerate() {
+        match Anomalies::NAMES.iter().find(|(n, _)| n == name) {
+            Some((_, bit)) => allow_path |= bit,
+            None => c.error(
+                &p.key("allow_path").index(i),
+                format!("{name:?} is not one of encoded_slash, backslash, double_encoding, invalid_utf8"),
+            ),
+        }
+    }
+    RoutePolicy {
+        ip_filter,
+        headers,
+        cors,
+        validate,
+        allow_path: Anomalies(allow_path),
+    }
 }
 
 /// RFC 9110 5.6.2 token.

@@ -28,13 +28,15 @@ use super::head::{
 };
 use super::io::{make_room, read_into, write_all, Stream};
 use super::proxy;
-use super::response::{render_direct, render_error, ConnHeader, RequestId};
+use super::response::{render_direct, render_empty, render_error, ConnHeader, RequestId};
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::observability::access_log::{write_access, AccessRecord};
 use crate::observability::metrics::{Observation, RouteStats};
 use crate::observability::trace_context::{self, TraceMode, TRACEPARENT_LEN};
 use crate::routing::{Action, Route};
+use crate::security::client_ip::client_ip;
+use crate::security::path::{self, Anomalies, PathError};
 use crate::worker::{DrainGuard, Snapshot, WorkerCtx};
 
 /// Initial read buffer per connection; grows up to `limits.max_header_bytes`
@@ -69,6 +71,16 @@ pub struct Downstream<S> {
     pub decoder: ChunkedDecoder,
     /// What the current request did, for the log phase.
     pub rec: Record,
+    /// The normalised request path (what routing and the upstream see).
+    pub path: Vec<u8>,
+    path_scratch: Vec<u8>,
+    /// Header lines for every response to the current request (CORS,
+    /// `Allow`); cleared per request.
+    pub extra: Vec<u8>,
+    /// The config's header lines for gateway-made responses, and which
+    /// config they came from.
+    pub gateway_fields: Vec<u8>,
+    fields_of: usize,
 }
 
 /// What stages report about the request in flight; reset per request.
@@ -76,6 +88,8 @@ pub struct Downstream<S> {
 pub struct Record {
     /// When the first byte of the head was seen.
     pub started: Option<Instant>,
+    /// The client address (the peer, or from trusted proxies' X-Forwarded-For).
+    pub client: Option<std::net::IpAddr>,
     /// The status sent (0 until a response head is written).
     pub status: u16,
     pub bytes_in: u64,
@@ -99,6 +113,7 @@ pub struct Record {
 impl Record {
     fn reset(&mut self) {
         self.status = 0;
+        self.client = None;
         self.bytes_in = 0;
         self.bytes_out = 0;
         self.endpoint = None;
@@ -112,11 +127,11 @@ impl Record {
     }
 
     /// Copies what the access log needs from the head.
-    fn capture(&mut self, view: &RequestView<'_>, trace_id: &[u8]) {
+    fn capture(&mut self, view: &RequestView<'_>, path: &[u8], trace_id: &[u8]) {
         self.target.clear();
         self.target.extend_from_slice(view.method_bytes());
         self.method_len = self.target.len();
-        self.target.extend_from_slice(view.path());
+        self.target.extend_from_slice(path);
         self.path_len = self.target.len() - self.method_len;
         self.target.extend_from_slice(view.query());
         self.query_len = self.target.len() - self.method_len - self.path_len;
@@ -145,6 +160,22 @@ impl<S: Stream> Downstream<S> {
             response: ResponseHead::default(),
             decoder: ChunkedDecoder::new(max_trailers),
             rec: Record::default(),
+            path: Vec::with_capacity(256),
+            path_scratch: Vec::with_capacity(256),
+            extra: Vec::new(),
+            gateway_fields: Vec::new(),
+            fields_of: 0,
+        }
+    }
+
+    /// Refreshes the gateway-made responses' fields when the config changed.
+    fn use_config(&mut self, cfg: &std::sync::Arc<Config>) {
+        let of = std::sync::Arc::as_ptr(cfg) as usize;
+        if self.fields_of != of {
+            self.fields_of = of;
+            self.gateway_fields.clear();
+            self.gateway_fields
+                .extend_from_slice(&cfg.security.gateway_headers);
         }
     }
 
@@ -197,7 +228,14 @@ pub async fn serve<S: Stream>(ctx: Rc<WorkerCtx>, stream: S, peer: SocketAddr, a
             HeadOutcome::Closed => return,
             HeadOutcome::Error(err) => {
                 let id = ctx.request_ids.generate();
-                render_error(&mut d.wbuf, err, &id, ConnHeader::Close);
+                d.use_config(&snap.config);
+                render_error(
+                    &mut d.wbuf,
+                    err,
+                    &id,
+                    ConnHeader::Close,
+                    &[&d.gateway_fields],
+                );
                 d.rec.status = err.status();
                 d.rec.bytes_out = d.wbuf.len() as u64;
                 d.rec.bytes_in = d.rbuf.len().saturating_sub(d.start) as u64;
@@ -283,17 +321,53 @@ async fn read_head<S: Stream>(
 
 /// Runs one request through the pipeline, then the log phase.
 async fn exchange<S: Stream>(ctx: &WorkerCtx, snap: &Snapshot, d: &mut Downstream<S>) -> Next {
+    let cfg = &snap.config;
     d.rec.bytes_in = d.head.len as u64;
-    let view = d.view();
+    d.use_config(cfg);
+    d.extra.clear();
+    let view = RequestView {
+        head: &d.head,
+        buf: &d.rbuf[d.start..],
+    };
     let id = match view.head.request_id {
         Some(s) => RequestId::from_client(s.get(view.buf)),
         None => ctx.request_ids.generate(),
     };
     let method = d.head.method;
-    let route = snap.config.router.find(&view);
-    let next = stages(ctx, snap, d, route, &id).await;
+    // normalise the path, then find the client, then route
+    let normalized = path::normalize(view.path(), &mut d.path, &mut d.path_scratch);
+    if normalized.is_err() {
+        d.path.clear();
+    }
+    let xff = view
+        .head
+        .headers
+        .iter()
+        .filter(|h| {
+            h.name
+                .get(view.buf)
+                .eq_ignore_ascii_case(b"x-forwarded-for")
+        })
+        .map(|h| h.value.get(view.buf));
+    d.rec.client = Some(client_ip(d.peer.ip(), xff, &cfg.security.trusted_proxies));
+    let route = match normalized {
+        Ok(_) => cfg.router.find_for(&view, &d.path, routing_method(&view)),
+        Err(_) => None,
+    };
+    let next = stages(ctx, snap, d, route, normalized, &id).await;
     finish(ctx, snap, d, route, method, &id);
     next
+}
+
+/// The method a request is routed by: a CORS preflight is routed as the
+/// request it asks about.
+fn routing_method(view: &RequestView<'_>) -> Method {
+    if view.head.method == Method::Options && view.header(b"origin").is_some() {
+        if let Some(m) = view.header(b"access-control-request-method") {
+            return Method::parse(m.trim_ascii());
+        }
+    }
+    view.head.method
 }
 
 /// The stages between routing and the log phase.
@@ -302,11 +376,24 @@ async fn stages<S: Stream>(
     snap: &Snapshot,
     d: &mut Downstream<S>,
     route: Option<&Route>,
+    normalized: Result<Anomalies, PathError>,
     id: &RequestId,
 ) -> Next {
+    let cfg = &snap.config;
     let has_body = d.head.framing != Framing::Empty;
     // A body the gateway does not read leaves the connection unusable.
     let keep = d.head.keep_alive && !has_body;
+    let client = d.rec.client.unwrap_or(d.peer.ip());
+
+    // path normalisation and the global IP filter come before routing
+    let Ok(anomalies) = normalized else {
+        capture_for_log(ctx, snap, d, None);
+        return respond_error(d, GatewayError::InvalidPath, id, keep).await;
+    };
+    if !cfg.security.ip_filter.permits(client) {
+        capture_for_log(ctx, snap, d, None);
+        return respond_error(d, GatewayError::Forbidden, id, keep).await;
+    }
 
     // route
     let Some(route) = route else {
@@ -315,6 +402,59 @@ async fn stages<S: Stream>(
     };
     trace_context(ctx, snap, d);
     capture_for_log(ctx, snap, d, Some(route));
+    let policy = &route.policy;
+    if !anomalies.allowed_by(policy.allow_path) {
+        return respond_error(d, GatewayError::InvalidPath, id, keep).await;
+    }
+    if !policy.ip_filter.permits(client) {
+        return respond_error(d, GatewayError::Forbidden, id, keep).await;
+    }
+
+    // CORS: preflights are answered here; other requests from an allowed
+    // origin get the CORS fields on whatever response they receive
+    if let Some(cors) = &policy.cors {
+        let view = RequestView {
+            head: &d.head,
+            buf: &d.rbuf[d.start..],
+        };
+        if let Some(origin) = view.header(b"origin") {
+            let requested = view.header(b"access-control-request-method");
+            match (view.head.method, requested) {
+                (Method::Options, Some(m)) => {
+                    let headers = view.header(b"access-control-request-headers");
+                    if !cors.preflight(origin, m.trim_ascii(), headers, &mut d.extra) {
+                        return respond_error(d, GatewayError::CorsRefused, id, keep).await;
+                    }
+                    let conn = d.conn_header(keep);
+                    d.consume_head();
+                    render_empty(&mut d.wbuf, 204, id, conn, &[&d.gateway_fields, &d.extra]);
+                    d.rec.status = 204;
+                    d.rec.bytes_out = d.wbuf.len() as u64;
+                    return match write_all(&mut d.stream, &mut d.wbuf).await {
+                        Ok(()) if keep => Next::KeepAlive,
+                        _ => Next::Close,
+                    };
+                }
+                _ => cors.response_fields(origin, &mut d.extra),
+            }
+        }
+    }
+
+    // request validation
+    if let Some(rules) = &policy.validate {
+        let view = RequestView {
+            head: &d.head,
+            buf: &d.rbuf[d.start..],
+        };
+        if let Err(e) = rules.check(&view, &mut d.scratch) {
+            if e == GatewayError::MethodNotAllowed {
+                d.extra.extend_from_slice(b"allow: ");
+                d.extra.extend_from_slice(rules.allow());
+                d.extra.extend_from_slice(b"\r\n");
+            }
+            return respond_error(d, e, id, keep).await;
+        }
+    }
     // body limit, decided before reading any of it when the length is known
     if let Framing::Length(n) = d.head.framing {
         if n > route.max_body_bytes {
@@ -326,7 +466,14 @@ async fn stages<S: Stream>(
             let head_only = d.head.method == Method::Head;
             let conn = d.conn_header(keep);
             d.consume_head();
-            render_direct(&mut d.wbuf, direct, id, conn, head_only);
+            render_direct(
+                &mut d.wbuf,
+                direct,
+                id,
+                conn,
+                head_only,
+                &[&d.gateway_fields, &d.extra],
+            );
             d.rec.status = direct.status;
             d.rec.bytes_out = d.wbuf.len() as u64;
             match write_all(&mut d.stream, &mut d.wbuf).await {
@@ -383,7 +530,13 @@ fn capture_for_log<S: Stream>(
             .and_then(trace_context::trace_id)
             .unwrap_or_default(),
     };
-    d.rec.capture(&view, trace);
+    // The normalised path when there is one, else the path as received.
+    let path: &[u8] = if d.path.is_empty() {
+        view.path()
+    } else {
+        &d.path
+    };
+    d.rec.capture(&view, path, trace);
 }
 
 /// The log phase: counters, latency histogram, access-log line.
@@ -428,7 +581,7 @@ fn finish<S: Stream>(
     });
     let record = AccessRecord {
         request_id: id.as_bytes(),
-        client: d.peer.ip(),
+        client: rec.client.unwrap_or(d.peer.ip()),
         method,
         path,
         query,
@@ -462,7 +615,7 @@ pub async fn respond_error<S: Stream>(
 ) -> Next {
     let conn = d.conn_header(keep);
     d.consume_head();
-    render_error(&mut d.wbuf, err, id, conn);
+    render_error(&mut d.wbuf, err, id, conn, &[&d.gateway_fields, &d.extra]);
     d.rec.status = err.status();
     d.rec.bytes_out += d.wbuf.len() as u64;
     if write_all(&mut d.stream, &mut d.wbuf).await.is_err() {

@@ -33,6 +33,7 @@ use super::response::{push_u64, RequestId};
 use crate::error::GatewayError;
 use crate::observability::metrics::UpstreamErrorKind;
 use crate::routing::{ProxyAction, Route};
+use crate::security::HeaderPolicy;
 use crate::upstream::{balancer, ConnectError, Endpoint, UpstreamConn};
 use crate::worker::{Snapshot, WorkerCtx};
 
@@ -134,6 +135,7 @@ pub async fn forward<S: Stream>(
 
     let traceparent = d.rec.traceparent;
     let upstream_head = UpstreamHead {
+        path: &d.path,
         action,
         prefix_len: route.path.prefix_len(),
         via: cfg.via,
@@ -326,7 +328,16 @@ async fn attempt<S: Stream>(
         (_, Version::Http10) => Encode::Raw,
     };
     let keep = d.head.keep_alive && encode != Encode::Raw && !ctx.drain.is_draining();
-    write_response_head(d, &up.buf, encode, keep, id, cfg.via, head_request);
+    write_response_head(
+        d,
+        &up.buf,
+        encode,
+        keep,
+        id,
+        cfg.via,
+        head_request,
+        &route.policy.headers,
+    );
     let mut up_start = d.response.len;
     // A body that has fully arrived with the head leaves in the same write:
     // one syscall for a small response instead of two.
@@ -513,6 +524,8 @@ fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
 
 /// What the upstream request head is built from, besides the request itself.
 pub struct UpstreamHead<'a> {
+    /// The normalised path (the route's prefix rewrite applies to it).
+    pub path: &'a [u8],
     pub action: &'a ProxyAction,
     /// Length of the matched route prefix (for `rewrite_prefix`).
     pub prefix_len: usize,
@@ -534,7 +547,7 @@ pub fn render_request_head(out: &mut Vec<u8>, view: RequestView<'_>, up: &Upstre
     out.clear();
     out.extend_from_slice(view.method_bytes());
     out.push(b' ');
-    let path = view.path();
+    let path = up.path;
     let target_start = out.len();
     match &action.rewrite_prefix {
         Some(new_prefix) => {
@@ -632,8 +645,15 @@ const GATEWAY_SET_REQUEST: [&[u8]; 7] = [
 /// Response fields the gateway writes itself.
 const GATEWAY_SET_RESPONSE: [&[u8]; 2] = [b"content-length", b"x-request-id"];
 
-/// Copies the response's end-to-end fields into `out`.
-fn copy_response_fields(out: &mut Vec<u8>, resp: &ResponseHead, buf: &[u8], keep_length: bool) {
+/// Copies the response's end-to-end fields into `out`, except those the
+/// route's header policy drops.
+fn copy_response_fields(
+    out: &mut Vec<u8>,
+    resp: &ResponseHead,
+    buf: &[u8],
+    keep_length: bool,
+    policy: Option<&HeaderPolicy>,
+) {
     let named = |name: &'static [u8]| {
         resp.headers
             .iter()
@@ -642,7 +662,7 @@ fn copy_response_fields(out: &mut Vec<u8>, resp: &ResponseHead, buf: &[u8], keep
     };
     for h in &resp.headers {
         let name = h.name.get(buf);
-        if is_hop_by_hop(name, named(b"connection")) {
+        if is_hop_by_hop(name, named(b"connection")) || policy.is_some_and(|p| p.drops(name)) {
             continue;
         }
         let is_length = name.eq_ignore_ascii_case(b"content-length");
@@ -662,11 +682,12 @@ fn copy_response_fields(out: &mut Vec<u8>, resp: &ResponseHead, buf: &[u8], keep
 fn write_interim(out: &mut Vec<u8>, resp: &ResponseHead, buf: &[u8]) {
     out.clear();
     super::response::status_line(out, resp.status);
-    copy_response_fields(out, resp, buf, false);
+    copy_response_fields(out, resp, buf, false, None);
     out.extend_from_slice(b"\r\n");
 }
 
 /// Renders the response head for the client into `d.wbuf`.
+#[allow(clippy::too_many_arguments)]
 fn write_response_head<S: Stream>(
     d: &mut Downstream<S>,
     up_buf: &[u8],
@@ -675,6 +696,7 @@ fn write_response_head<S: Stream>(
     id: &RequestId,
     via: bool,
     head_request: bool,
+    policy: &HeaderPolicy,
 ) {
     let resp = &d.response;
     let out = &mut d.wbuf;
@@ -687,7 +709,13 @@ fn write_response_head<S: Stream>(
     // A HEAD or 304 response's Content-Length describes the representation,
     // not this message: pass it on as is (RFC 9110 8.6).
     let bodiless_meta = head_request || resp.status == 304;
-    copy_response_fields(out, resp, up_buf, bodiless_meta);
+    copy_response_fields(out, resp, up_buf, bodiless_meta, Some(policy));
+    policy.render(out, |name| {
+        resp.headers
+            .iter()
+            .any(|h| h.name.get(up_buf).eq_ignore_ascii_case(name))
+    });
+    out.extend_from_slice(&d.extra);
     match (resp.framing, encode) {
         (Framing::Length(n), _) => {
             out.extend_from_slice(b"content-length: ");

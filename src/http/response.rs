@@ -152,8 +152,15 @@ fn connection(out: &mut Vec<u8>, conn: ConnHeader) {
 }
 
 /// Renders a complete error response:
-/// `{"error":"...","status":N,"request_id":"..."}`.
-pub fn render_error(out: &mut Vec<u8>, err: GatewayError, id: &RequestId, conn: ConnHeader) {
+/// `{"error":"...","status":N,"request_id":"..."}`. `extra` holds complete
+/// header lines (security fields, `Allow`, CORS).
+pub fn render_error(
+    out: &mut Vec<u8>,
+    err: GatewayError,
+    id: &RequestId,
+    conn: ConnHeader,
+    extra: &[&[u8]],
+) {
     let status = err.status();
     let msg = err.public_message().as_bytes();
     let id = id.as_bytes();
@@ -166,6 +173,7 @@ pub fn render_error(out: &mut Vec<u8>, err: GatewayError, id: &RequestId, conn: 
     out.extend_from_slice(b"\r\nx-request-id: ");
     out.extend_from_slice(id);
     out.extend_from_slice(b"\r\n");
+    extra.iter().for_each(|e| out.extend_from_slice(e));
     connection(out, conn);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(br#"{"error":""#);
@@ -177,6 +185,24 @@ pub fn render_error(out: &mut Vec<u8>, err: GatewayError, id: &RequestId, conn: 
     out.extend_from_slice(br#""}"#);
 }
 
+/// Renders a response without a body (a CORS preflight answer).
+pub fn render_empty(
+    out: &mut Vec<u8>,
+    status: u16,
+    id: &RequestId,
+    conn: ConnHeader,
+    extra: &[&[u8]],
+) {
+    out.clear();
+    status_line(out, status);
+    out.extend_from_slice(b"x-request-id: ");
+    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    extra.iter().for_each(|e| out.extend_from_slice(e));
+    connection(out, conn);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Renders a direct-response route's response. `head_only` for HEAD requests.
 pub fn render_direct(
     out: &mut Vec<u8>,
@@ -184,6 +210,7 @@ pub fn render_direct(
     id: &RequestId,
     conn: ConnHeader,
     head_only: bool,
+    extra: &[&[u8]],
 ) {
     out.clear();
     status_line(out, d.status);
@@ -201,6 +228,7 @@ pub fn render_direct(
     out.extend_from_slice(b"x-request-id: ");
     out.extend_from_slice(id.as_bytes());
     out.extend_from_slice(b"\r\n");
+    extra.iter().for_each(|e| out.extend_from_slice(e));
     connection(out, conn);
     out.extend_from_slice(b"\r\n");
     if !head_only && d.status != 204 && d.status != 304 {
@@ -217,7 +245,13 @@ mod tests {
         let ids = RequestIds::new(3);
         let id = ids.generate();
         let mut out = Vec::new();
-        render_error(&mut out, GatewayError::NotFound, &id, ConnHeader::Close);
+        render_error(
+            &mut out,
+            GatewayError::NotFound,
+            &id,
+            ConnHeader::Close,
+            &[],
+        );
         let text = String::from_utf8(out).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 404 Not Found\r\n"));

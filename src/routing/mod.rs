@@ -48,14 +48,21 @@ pub enum PathMatch {
 }
 
 impl PathMatch {
-    fn matches(&self, path: &[u8]) -> bool {
+    fn matches(&self, path: &[u8], ignore_case: bool) -> bool {
+        let eq = |a: &[u8], b: &[u8]| {
+            if ignore_case {
+                a.eq_ignore_ascii_case(b)
+            } else {
+                a == b
+            }
+        };
+        let starts = |p: &[u8]| path.len() >= p.len() && eq(&path[..p.len()], p);
         match self {
             PathMatch::Any => true,
-            PathMatch::Exact(p) => path == &p[..],
-            PathMatch::Prefix(p) => path.starts_with(p),
+            PathMatch::Exact(p) => eq(path, p),
+            PathMatch::Prefix(p) => starts(p),
             PathMatch::SegmentPrefix(p) => {
-                path.starts_with(p)
-                    && (path.len() == p.len() || p.ends_with(b"/") || path[p.len()] == b'/')
+                starts(p) && (path.len() == p.len() || p.ends_with(b"/") || path[p.len()] == b'/')
             }
         }
     }
@@ -127,6 +134,10 @@ pub struct Route {
     pub name: Box<str>,
     /// Access-log lines per million requests (`access_log_sample` x 1e6).
     pub access_log_ppm: u32,
+    /// Match the path case-insensitively (ASCII).
+    pub ignore_case: bool,
+    /// IP filter, header policy, CORS, validation, path opt-ins.
+    pub policy: crate::security::RoutePolicy,
     pub host: HostMatch,
     pub path: PathMatch,
     pub methods: MethodSet,
@@ -139,9 +150,9 @@ pub struct Route {
 }
 
 impl Route {
-    fn matches(&self, req: &RequestView<'_>, path: &[u8]) -> bool {
-        self.path.matches(path)
-            && self.methods.contains(req.head.method)
+    fn matches(&self, req: &RequestView<'_>, path: &[u8], method: Method) -> bool {
+        self.path.matches(path, self.ignore_case)
+            && self.methods.contains(method)
             && self.headers.iter().all(|h| match req.header(&h.name) {
                 None => false,
                 Some(v) => h.value.as_deref().is_none_or(|want| v == want),
@@ -216,30 +227,42 @@ impl Router {
 
     /// The route for a request, or `None` (404).
     pub fn find(&self, req: &RequestView<'_>) -> Option<&Route> {
-        let path = req.path();
+        self.find_for(req, req.path(), req.head.method)
+    }
+
+    /// The route for a request with its normalised `path`, matched as if its
+    /// method were `method` (a CORS preflight is routed by the method it
+    /// asks about).
+    pub fn find_for(&self, req: &RequestView<'_>, path: &[u8], method: Method) -> Option<&Route> {
         let mut lower = [0u8; MAX_HOST];
         let host = req.host().and_then(|h| normalize_host(h, &mut lower));
         if let Some(host) = host {
             if let Some(list) = self.exact.get(host) {
-                if let Some(r) = self.first(list, req, path) {
+                if let Some(r) = self.first(list, req, path, method) {
                     return Some(r);
                 }
             }
             for (s, list) in &self.suffix {
                 if host.len() > s.len() && host.ends_with(s) {
-                    if let Some(r) = self.first(list, req, path) {
+                    if let Some(r) = self.first(list, req, path, method) {
                         return Some(r);
                     }
                 }
             }
         }
-        self.first(&self.any_host, req, path)
+        self.first(&self.any_host, req, path, method)
     }
 
-    fn first(&self, list: &[u32], req: &RequestView<'_>, path: &[u8]) -> Option<&Route> {
+    fn first(
+        &self,
+        list: &[u32],
+        req: &RequestView<'_>,
+        path: &[u8],
+        method: Method,
+    ) -> Option<&Route> {
         list.iter()
             .map(|&i| &self.routes[i as usize])
-            .find(|r| r.matches(req, path))
+            .find(|r| r.matches(req, path, method))
     }
 }
 

@@ -403,7 +403,8 @@ impl Upstream {
     pub fn refused_addr() -> SocketAddr {
         use socket2::{Domain, Socket, Type};
         let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+        s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
         let addr = s.local_addr().unwrap().as_socket().unwrap();
         std::mem::forget(s);
         addr

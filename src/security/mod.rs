@@ -1,0 +1,112 @@
+//! Edge security: what every service behind the gateway gets without
+//! writing it.
+//!
+//! - `path.rs`: path normalisation before routing (dot segments, one
+//!   decoding pass, refused encodings).
+//! - `ipset.rs`: CIDR sets as sorted ranges (100,000-entry lists).
+//! - `client_ip.rs`: the real client address behind trusted proxies.
+//! - `cors.rs`: CORS preflight answers and response fields.
+//! - `validate.rs`: per-route request rules (methods, headers, media types,
+//!   limits, query parameters).
+//! - this file: [`IpFilter`], [`HeaderPolicy`] and the per-route bundle
+//!   [`RoutePolicy`], all compiled at config load and immutable after.
+//!
+//! Pipeline order (http/conn.rs): normalise path -> client address -> global
+//! IP filter -> route -> path anomalies -> route IP filter -> CORS preflight
+//! -> validation -> body limit -> forward -> response header policy.
+
+pub mod client_ip;
+pub mod cors;
+pub mod ipset;
+pub mod path;
+pub mod validate;
+
+use std::net::IpAddr;
+
+use ipset::IpSet;
+use path::Anomalies;
+
+/// Allow and deny lists. Deny wins; with an allow list, everything not on
+/// it is refused.
+#[derive(Debug, Clone, Default)]
+pub struct IpFilter {
+    pub allow: Option<IpSet>,
+    pub deny: IpSet,
+}
+
+impl IpFilter {
+    pub fn permits(&self, ip: IpAddr) -> bool {
+        !self.deny.contains(ip) && self.allow.as_ref().is_none_or(|a| a.contains(ip))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.allow.is_none() && self.deny.is_empty()
+    }
+}
+
+/// A header field: lowercase name, value.
+pub type Field = (Box<[u8]>, Box<[u8]>);
+
+/// How upstream response fields are rewritten for one route. Names are
+/// lowercase.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderPolicy {
+    /// Removed from upstream responses.
+    pub remove: Box<[Box<[u8]>]>,
+    /// Replace any upstream value.
+    pub set: Box<[Field]>,
+    /// Added when the upstream sent none (the default security set).
+    pub if_absent: Box<[Field]>,
+}
+
+impl HeaderPolicy {
+    /// Whether an upstream field is dropped (removed, or replaced by `set`).
+    pub fn drops(&self, name: &[u8]) -> bool {
+        self.remove.iter().any(|n| name.eq_ignore_ascii_case(n))
+            || self.set.iter().any(|(n, _)| name.eq_ignore_ascii_case(n))
+    }
+
+    /// Renders `set` and the `if_absent` fields `present` does not report
+    /// into `out` as header lines.
+    pub fn render(&self, out: &mut Vec<u8>, present: impl Fn(&[u8]) -> bool) {
+        for (n, v) in self.set.iter() {
+            push_field(out, n, v);
+        }
+        for (n, v) in self.if_absent.iter() {
+            if !present(n) {
+                push_field(out, n, v);
+            }
+        }
+    }
+}
+
+fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Everything a route adds to the global protections.
+#[derive(Debug, Clone, Default)]
+pub struct RoutePolicy {
+    pub ip_filter: IpFilter,
+    pub headers: HeaderPolicy,
+    pub cors: Option<cors::Cors>,
+    pub validate: Option<validate::Validate>,
+    /// Path anomalies this route accepts.
+    pub allow_path: Anomalies,
+}
+
+/// The global part, in `Config`.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    pub trusted_proxies: IpSet,
+    pub ip_filter: IpFilter,
+    /// Header lines added to responses the gateway makes itself (errors,
+    /// direct responses): the global `set` and default security fields.
+    pub gateway_headers: Box<[u8]>,
+    /// List files the config read, watched for changes.
+    pub watched_files: Vec<std::path::PathBuf>,
+    pub watch_interval: std::time::Duration,
+}
