@@ -137,6 +137,22 @@ proxy = {{ cluster = \"c\" }}
     assert_eq!(send("/partners/x", "6.6.6.6, 198.51.100.7, 10.1.1.1"), 200);
     assert_eq!(send("/any", "203.0.113.9, 198.51.100.7"), 200);
     assert_eq!(up.request_count(), 5);
+    // Denials are counted per filter and audited (audit goes to stderr).
+    let m = scrape(&gw);
+    let denials = "ringgate_ip_filter_denials_total";
+    assert_eq!(
+        m.sum(denials, &[("route", "(unmatched)")]),
+        2.0,
+        "{}",
+        m.text
+    );
+    assert_eq!(m.sum(denials, &[("route", "partners")]), 4.0);
+    let last = gw.wait_log(r#""client_ip":"6.6.6.6""#);
+    assert!(
+        last.contains(r#""event":"ip_denied""#) && last.contains(r#""filter":"route""#),
+        "{last}"
+    );
+    assert_eq!(gw.count_log(r#""event":"ip_denied""#), 6);
     drop(gw);
 
     // Without trusted proxies X-Forwarded-For changes nothing.
@@ -458,4 +474,62 @@ query = [{{ name = \"page\", pattern = \"[0-9]+\", max_length = 3 }}, {{ name = 
     ));
     assert_eq!(r.status, 200);
     assert_eq!(up.wait_requests(2).len(), 2);
+}
+
+#[test]
+fn proxy_protocol_listener_takes_the_client_from_the_header() {
+    for driver in DRIVERS {
+        let up = Upstream::named("up");
+        let body = format!(
+            "proxy_protocol = true\n\n{}
+[[routes]]
+name = \"partners\"
+proxy = {{ cluster = \"c\" }}
+ip_filter = {{ allow = [\"198.51.100.0/24\", \"2001:db8:1::/48\"] }}
+",
+            cluster("c", &[&up], "")
+        );
+        let gw = Gateway::start(&config(driver, &body));
+        let get_req = "GET /x HTTP/1.1\r\nHost: t\r\n\r\n";
+
+        // v1, allowed source; the header and the request in one segment
+        let mut c = Client::connect(gw.main());
+        c.send(format!("PROXY TCP4 198.51.100.7 10.0.0.1 51234 443\r\n{get_req}").as_bytes());
+        assert_eq!(c.read_response().status, 200);
+        // later requests on the connection keep the header's address
+        assert_eq!(c.request(get_req).status, 200);
+        let reqs = up.wait_requests(2);
+        assert!(reqs[0]
+            .header("x-forwarded-for")
+            .unwrap()
+            .ends_with("198.51.100.7"));
+
+        // v2 (binary), IPv6 source, header sent separately from the request
+        let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x21\x00\x24".to_vec();
+        v2.extend_from_slice(
+            &"2001:db8:1::9"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+        );
+        v2.extend_from_slice(&[0u8; 16]);
+        v2.extend_from_slice(&[0x1f, 0x90, 0x01, 0xbb]);
+        let mut c = Client::connect(gw.main());
+        c.send(&v2);
+        assert_eq!(c.request(get_req).status, 200);
+
+        // an address outside the allow list
+        let mut c = Client::connect(gw.main());
+        c.send(b"PROXY TCP4 203.0.113.1 10.0.0.1 1 2\r\n");
+        assert_json_error(&c.request(get_req), 403);
+
+        // no header, or a broken one: closed unanswered
+        for raw in [get_req.as_bytes(), b"PROXY TCP4 1.2.3.4\r\n"] {
+            let mut c = Client::connect(gw.main());
+            c.send(raw);
+            assert!(c.read_response_to(false).is_none());
+            assert!(c.is_closed());
+        }
+        assert_eq!(up.request_count(), 3);
+    }
 }

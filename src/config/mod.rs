@@ -104,6 +104,8 @@ pub struct ListenerConfig {
     /// Per worker; further connections wait in the kernel backlog.
     pub max_connections: u32,
     pub backlog: u32,
+    /// Read a PROXY protocol header first; its source is the client.
+    pub proxy_protocol: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -357,6 +357,9 @@ impl Default for RawAuditLog {
 pub struct RawListener {
     pub name: String,
     pub address: String,
+    /// Expect a PROXY protocol v1/v2 header before each connection's bytes.
+    #[serde(default)]
+    pub proxy_protocol: bool,
     #[serde(default = "d::max_connections")]
     pub max_connections: u32,
     #[serde(default = "d::backlog")]

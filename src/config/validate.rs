@@ -216,6 +216,7 @@ fn build(c: &mut Checker<'_>, raw: RawConfig, dir: &std::path::Path) -> Config {
                 address,
                 max_connections: l.max_connections,
                 backlog: l.backlog,
+                proxy_protocol: l.proxy_protocol,
             });
         }
     }

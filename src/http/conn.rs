@@ -31,7 +31,7 @@ use super::proxy;
 use super::response::{render_direct, render_empty, render_error, ConnHeader, RequestId};
 use crate::config::Config;
 use crate::error::GatewayError;
-use crate::observability::access_log::{write_access, AccessRecord};
+use crate::observability::access_log::{audit_start, field_str, write_access, AccessRecord};
 use crate::observability::metrics::{Observation, RouteStats};
 use crate::observability::trace_context::{self, TraceMode, TRACEPARENT_LEN};
 use crate::routing::{Action, Route};
@@ -210,12 +210,26 @@ enum HeadOutcome {
 }
 
 /// Serves one accepted connection until it closes.
-pub async fn serve<S: Stream>(ctx: Rc<WorkerCtx>, stream: S, peer: SocketAddr, accepted: Instant) {
+pub async fn serve<S: Stream>(
+    ctx: Rc<WorkerCtx>,
+    stream: S,
+    peer: SocketAddr,
+    accepted: Instant,
+    proxy_protocol: bool,
+) {
     let drain = ctx.drain.register();
     let snap = ctx.snapshot();
     let mut d = Downstream::new(stream, peer, snap.config.limits.head.max_header_bytes);
     let mut deadline = Some(accepted + snap.config.timeouts.request_head);
     drop(snap);
+    if proxy_protocol {
+        // Within the first head's deadline; anything but a valid header
+        // closes the connection unanswered.
+        let Some(until) = deadline else { return };
+        if !read_proxy_header(&mut d, until).await {
+            return;
+        }
+    }
     loop {
         let waiting = ctx.snapshot();
         let outcome = read_head(&mut d, &waiting.config, deadline, &drain).await;
@@ -253,6 +267,33 @@ pub async fn serve<S: Stream>(ctx: Rc<WorkerCtx>, stream: S, peer: SocketAddr, a
             return;
         }
         deadline = None;
+    }
+}
+
+/// Reads the PROXY protocol header and takes its source as the peer.
+/// Returns `false` when the connection must close.
+async fn read_proxy_header<S: Stream>(d: &mut Downstream<S>, until: Instant) -> bool {
+    use crate::security::proxy_protocol::{parse, Parsed};
+    loop {
+        match parse(&d.rbuf[d.start..]) {
+            Ok(Parsed::Complete { len, source }) => {
+                d.start += len;
+                if let Some(source) = source {
+                    d.peer = source;
+                }
+                return true;
+            }
+            Ok(Parsed::Partial) => {}
+            Err(_) => {
+                tracing::debug!(peer = %d.peer, "invalid PROXY protocol header; closing");
+                return false;
+            }
+        }
+        let wait = until.saturating_duration_since(Instant::now());
+        match monoio::time::timeout(wait, read_into(&mut d.stream, &mut d.rbuf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return false,
+        }
     }
 }
 
@@ -392,6 +433,7 @@ async fn stages<S: Stream>(
     };
     if !cfg.security.ip_filter.permits(client) {
         capture_for_log(ctx, snap, d, None);
+        deny(ctx, &ctx.unmatched, None, client, &d.path, id);
         return respond_error(d, GatewayError::Forbidden, id, keep).await;
     }
 
@@ -407,6 +449,14 @@ async fn stages<S: Stream>(
         return respond_error(d, GatewayError::InvalidPath, id, keep).await;
     }
     if !policy.ip_filter.permits(client) {
+        deny(
+            ctx,
+            &snap.route_stats[route.order],
+            Some(route),
+            client,
+            &d.path,
+            id,
+        );
         return respond_error(d, GatewayError::Forbidden, id, keep).await;
     }
 
@@ -423,6 +473,12 @@ async fn stages<S: Stream>(
                 (Method::Options, Some(m)) => {
                     let headers = view.header(b"access-control-request-headers");
                     if !cors.preflight(origin, m.trim_ascii(), headers, &mut d.extra) {
+                        audit(ctx, "cors_refused", |l| {
+                            field_str(l, "route", route.name.as_bytes());
+                            field_str(l, "origin", origin);
+                            field_str(l, "client_ip", client.to_string().as_bytes());
+                            field_str(l, "request_id", id.as_bytes());
+                        });
                         return respond_error(d, GatewayError::CorsRefused, id, keep).await;
                     }
                     let conn = d.conn_header(keep);
@@ -483,6 +539,40 @@ async fn stages<S: Stream>(
         }
         Action::Proxy(action) => proxy::forward(ctx, snap, d, route, action, id).await,
     }
+}
+
+/// Counts an IP-filter denial and writes its audit event.
+fn deny(
+    ctx: &WorkerCtx,
+    stats: &RouteStats,
+    route: Option<&Route>,
+    client: std::net::IpAddr,
+    path: &[u8],
+    id: &RequestId,
+) {
+    stats.denied.set(stats.denied.get() + 1);
+    audit(ctx, "ip_denied", |l| {
+        field_str(l, "client_ip", client.to_string().as_bytes());
+        field_str(
+            l,
+            "filter",
+            if route.is_some() { b"route" } else { b"global" },
+        );
+        field_str(l, "route", route.map_or(&b""[..], |r| r.name.as_bytes()));
+        field_str(l, "path", path);
+        field_str(l, "request_id", id.as_bytes());
+    });
+}
+
+/// Writes an audit event into this worker's audit batch. Denials are the
+/// exception path, so the `to_string` of an address here is acceptable.
+fn audit(ctx: &WorkerCtx, event: &str, fields: impl FnOnce(&mut Vec<u8>)) {
+    let mut sink = ctx.audit_log.borrow_mut();
+    let Some(sink) = sink.as_mut() else { return };
+    audit_start(sink.buf(), &ctx.clock, event);
+    fields(sink.buf());
+    sink.buf().push(b'}');
+    sink.end_line();
 }
 
 /// `trace_context = "start"`: a request without a valid `traceparent` gets

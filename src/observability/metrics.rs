@@ -72,6 +72,9 @@ pub mod names {
     /// Gauge: 1 when an endpoint is in rotation, 0 while ejected by passive
     /// health checks; by `cluster` and `endpoint`, per `worker`.
     pub const ENDPOINT_HEALTHY: &str = "ringgate_upstream_endpoint_healthy";
+    /// Counter: requests refused by an IP filter, by `route` (`(unmatched)`
+    /// for the global filter, which runs before routing).
+    pub const IP_DENIALS: &str = "ringgate_ip_filter_denials_total";
     /// Counter: config reloads, by `result` (`ok`, `refused`).
     pub const CONFIG_RELOADS: &str = "ringgate_config_reloads_total";
     /// Counter: log lines dropped because the writer fell behind, by `log`
@@ -146,6 +149,8 @@ pub struct RouteStats {
     /// Exact sums for the Prometheus `_sum` series.
     duration_sum_us: Cell<u64>,
     upstream_sum_us: Cell<u64>,
+    /// Requests refused by an IP filter.
+    pub denied: Cell<u64>,
     /// Access-log sampling credit in millionths: a line is written whenever
     /// it reaches one million.
     sample_credit: Cell<u32>,
@@ -172,6 +177,7 @@ impl RouteStats {
             upstream: RefCell::new(None),
             duration_sum_us: Cell::new(0),
             upstream_sum_us: Cell::new(0),
+            denied: Cell::new(0),
             sample_credit: Cell::new(0),
         }
     }
@@ -220,6 +226,7 @@ impl RouteStats {
             upstream: self.upstream.borrow().clone(),
             duration_sum_us: self.duration_sum_us.get(),
             upstream_sum_us: self.upstream_sum_us.get(),
+            denied: self.denied.get(),
         }
     }
 }
@@ -315,6 +322,7 @@ pub struct RouteReport {
     pub upstream: Option<Histogram<u64>>,
     pub duration_sum_us: u64,
     pub upstream_sum_us: u64,
+    pub denied: u64,
 }
 
 impl RouteReport {
@@ -330,6 +338,7 @@ impl RouteReport {
         latency::merge(&mut self.upstream, other.upstream.as_ref());
         self.duration_sum_us += other.duration_sum_us;
         self.upstream_sum_us += other.upstream_sum_us;
+        self.denied += other.denied;
     }
 }
 
@@ -411,6 +420,7 @@ fn emit(reports: &[WorkerReport], process: &ProcessFigures) {
     describe_counter!(names::REQUESTS, "Requests answered.");
     describe_counter!(names::REQUEST_BYTES, "Request bytes received from clients.");
     describe_counter!(names::RESPONSE_BYTES, "Response bytes written to clients.");
+    describe_counter!(names::IP_DENIALS, "Requests refused by an IP filter.");
     for (route, r) in &merge_routes(reports) {
         for (m, row) in r.requests.iter().enumerate() {
             for (c, &n) in row.iter().enumerate() {
@@ -421,6 +431,7 @@ fn emit(reports: &[WorkerReport], process: &ProcessFigures) {
         }
         counter!(names::REQUEST_BYTES, "route" => route.to_string()).absolute(r.bytes_in);
         counter!(names::RESPONSE_BYTES, "route" => route.to_string()).absolute(r.bytes_out);
+        counter!(names::IP_DENIALS, "route" => route.to_string()).absolute(r.denied);
     }
 
     describe_gauge!(

@@ -6,6 +6,7 @@
 //! - `ipset.rs`: CIDR sets as sorted ranges (100,000-entry lists).
 //! - `client_ip.rs`: the real client address behind trusted proxies.
 //! - `cors.rs`: CORS preflight answers and response fields.
+//! - `proxy_protocol.rs`: PROXY v1/v2 headers from L4 load balancers.
 //! - `validate.rs`: per-route request rules (methods, headers, media types,
 //!   limits, query parameters).
 //! - this file: [`IpFilter`], [`HeaderPolicy`] and the per-route bundle
@@ -19,6 +20,7 @@ pub mod client_ip;
 pub mod cors;
 pub mod ipset;
 pub mod path;
+pub mod proxy_protocol;
 pub mod validate;
 
 use std::net::IpAddr;

@@ -76,6 +76,8 @@ pub struct WorkerCtx {
     pub unmatched: Rc<RouteStats>,
     /// This worker's batch of access-log lines; `None` when logging is off.
     pub access_log: RefCell<Option<Sink>>,
+    /// This worker's audit events (IP denials, refused CORS preflights).
+    pub audit_log: RefCell<Option<Sink>>,
     pub clock: Clock,
 }
 
@@ -89,6 +91,11 @@ impl WorkerCtx {
             .access
             .as_ref()
             .and_then(|w| w.sink(LogKind::Access, config.access_log.batch_bytes));
+        // Audit events are rare: a small batch, flushed by the same tick.
+        let audit_log = logs
+            .audit
+            .as_ref()
+            .and_then(|w| w.sink(LogKind::Audit, 4096));
         Self {
             id,
             snapshot: RefCell::new(Rc::new(snapshot)),
@@ -99,6 +106,7 @@ impl WorkerCtx {
             unmatched: stats.route(UNMATCHED),
             stats,
             access_log: RefCell::new(access_log),
+            audit_log: RefCell::new(audit_log),
             clock: Clock::default(),
         }
     }
@@ -335,9 +343,10 @@ async fn run(
             ctx.clone(),
             listener,
             l.config.max_connections as usize,
+            l.config.proxy_protocol,
         ));
     }
-    if ctx.access_log.borrow().is_some() {
+    if ctx.access_log.borrow().is_some() || ctx.audit_log.borrow().is_some() {
         monoio::spawn(flush_logs(ctx.clone()));
     }
     let _ = started.send(Ok(driver));
@@ -370,6 +379,7 @@ async fn run(
     }
     // Hands the last lines to the writer.
     ctx.access_log.borrow_mut().take();
+    ctx.audit_log.borrow_mut().take();
 }
 
 /// Hands partly filled log batches to the writer at the configured
@@ -382,14 +392,21 @@ async fn flush_logs(ctx: Rc<WorkerCtx>) {
             _ = monoio::time::sleep(interval) => {}
             _ = drain.wait() => return,
         }
-        if let Some(sink) = ctx.access_log.borrow_mut().as_mut() {
-            sink.flush();
+        for log in [&ctx.access_log, &ctx.audit_log] {
+            if let Some(sink) = log.borrow_mut().as_mut() {
+                sink.flush();
+            }
         }
     }
 }
 
 /// Accepts connections on one listener while the worker has slots for them.
-async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener, max_connections: usize) {
+async fn accept_loop(
+    ctx: Rc<WorkerCtx>,
+    listener: TcpListener,
+    max_connections: usize,
+    proxy_protocol: bool,
+) {
     let slots = Rc::new(ConnSlots::default());
     let drain = ctx.drain.register();
     loop {
@@ -409,7 +426,7 @@ async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener, max_connections:
                 ctx.conns.acquire();
                 let (ctx, slots) = (ctx.clone(), slots.clone());
                 monoio::spawn(async move {
-                    serve(ctx.clone(), stream, peer, accepted_at).await;
+                    serve(ctx.clone(), stream, peer, accepted_at, proxy_protocol).await;
                     slots.release();
                     ctx.conns.release();
                 });
