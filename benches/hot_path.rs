@@ -14,6 +14,9 @@
 //!    binary search, instead of a linear scan over the CIDRs.
 //! 5. `path`: normalising a request path into reused buffers, against the
 //!    allocating way (decode to a `String`, split, collect segments, join).
+//! 6. `json_schema`: the cost of a JSON Schema route per KiB of body (parse
+//!    plus validation), against parsing alone, to size `max_body_bytes` on
+//!    such routes.
 //!
 //! Run: `cargo bench --bench hot_path`. Results: docs/PERFORMANCE.md.
 
@@ -275,5 +278,58 @@ fn path(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, parse, route, rewrite, ip_filter, path);
+fn json_body(items: usize) -> Vec<u8> {
+    let list: Vec<String> = (0..items)
+        .map(|i| {
+            format!(
+                r#"{{"sku":"SKU-{i:06}","qty":{},"price":{}.25,"tags":["a","b"]}}"#,
+                i % 9 + 1,
+                i % 50
+            )
+        })
+        .collect();
+    format!(r#"{{"customer":"c-123","items":[{}]}}"#, list.join(",")).into_bytes()
+}
+
+fn json_schema(c: &mut Criterion) {
+    let schema = serde_json::json!({
+        "type": "object",
+        "required": ["customer", "items"],
+        "properties": {
+            "customer": {"type": "string", "maxLength": 64},
+            "items": {"type": "array", "maxItems": 10000, "items": {
+                "type": "object",
+                "required": ["sku", "qty", "price"],
+                "properties": {
+                    "sku": {"type": "string", "pattern": "^SKU-[0-9]{6}$"},
+                    "qty": {"type": "integer", "minimum": 1},
+                    "price": {"type": "number", "minimum": 0},
+                    "tags": {"type": "array", "items": {"type": "string"}}
+                },
+                "additionalProperties": false
+            }}
+        }
+    });
+    let validator = jsonschema::draft202012::new(&schema).unwrap();
+    let mut g = c.benchmark_group("json_schema");
+    for items in [14, 220] {
+        let body = json_body(items);
+        let kib = body.len() as f64 / 1024.0;
+        g.throughput(criterion::Throughput::Bytes(body.len() as u64));
+        g.bench_function(format!("parse_and_validate_{kib:.0}KiB"), |b| {
+            b.iter(|| {
+                let v: serde_json::Value = serde_json::from_slice(black_box(&body)).unwrap();
+                black_box(validator.is_valid(&v))
+            })
+        });
+        g.bench_function(format!("parse_only_{kib:.0}KiB"), |b| {
+            b.iter(|| {
+                black_box(serde_json::from_slice::<serde_json::Value>(black_box(&body)).unwrap())
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, parse, route, rewrite, ip_filter, path, json_schema);
 criterion_main!(benches);

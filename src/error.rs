@@ -22,6 +22,9 @@ pub enum GatewayError {
     /// 400: a query parameter breaks the route's rules (client side).
     #[error("invalid query")]
     InvalidQuery,
+    /// 400: the body is not JSON, or breaks the route's JSON Schema (client side).
+    #[error("invalid body")]
+    InvalidBody,
     /// 403: the client address is denied, or not allowed (client side).
     #[error("forbidden")]
     Forbidden,
@@ -68,7 +71,8 @@ impl GatewayError {
             GatewayError::BadRequest
             | GatewayError::InvalidPath
             | GatewayError::MissingHeader
-            | GatewayError::InvalidQuery => 400,
+            | GatewayError::InvalidQuery
+            | GatewayError::InvalidBody => 400,
             GatewayError::Forbidden | GatewayError::CorsRefused => 403,
             GatewayError::NotFound => 404,
             GatewayError::MethodNotAllowed => 405,
@@ -90,6 +94,7 @@ impl GatewayError {
             GatewayError::InvalidPath => "invalid request path",
             GatewayError::MissingHeader => "a required header is missing",
             GatewayError::InvalidQuery => "invalid query parameters",
+            GatewayError::InvalidBody => "request body does not match the schema",
             GatewayError::Forbidden => "forbidden",
             GatewayError::CorsRefused => "cross-origin request not allowed",
             GatewayError::NotFound => "no route matches this request",

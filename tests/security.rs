@@ -533,3 +533,119 @@ ip_filter = {{ allow = [\"198.51.100.0/24\", \"2001:db8:1::/48\"] }}
         assert_eq!(up.request_count(), 3);
     }
 }
+
+#[test]
+fn json_bodies_are_checked_against_the_route_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = dir.path().join("item.json");
+    std::fs::write(
+        &schema,
+        r#"{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "type": "object",
+  "required": ["name", "price"],
+  "properties": {
+    "name": { "type": "string", "maxLength": 20 },
+    "price": { "type": "number", "minimum": 0 },
+    "tags": { "type": "array", "items": { "type": "string" } }
+  },
+  "additionalProperties": false
+}"#,
+    )
+    .unwrap();
+    for driver in DRIVERS {
+        let up = Upstream::named("stored");
+        let body = format!(
+            "{}
+    [[routes]]
+    name = \"items\"
+    match = {{ segment_prefix = \"/items\" }}
+    proxy = {{ cluster = \"c\" }}
+    max_body_bytes = \"1KiB\"
+    validate = {{ json_schema = \"{}\" }}
+    ",
+            cluster("c", &[&up], ""),
+            schema.display()
+        );
+        let gw = Gateway::start(&config(driver, &body));
+        let post = |json: &str| {
+            format!(
+                "POST /items HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
+                json.len()
+            )
+        };
+        let mut c = Client::connect(gw.main());
+        let good = r#"{"name":"lamp","price":12.5,"tags":["home"]}"#;
+        assert_eq!(c.request(&post(good)).status, 200);
+
+        // malformed: where parsing stopped
+        let r = c.request(&post("{\"name\": \"lamp\",\n \"price\": }"));
+        assert_json_error_prefix(&r, 400);
+        assert!(
+            r.text().contains(r#","line":2,"column":11}"#),
+            "{}",
+            r.text()
+        );
+
+        // schema violations: the location and keyword, never the value
+        let r = c.request(&post(r#"{"name":"SECRETVALUE-IS-FAR-TOO-LONG","price":1}"#));
+        assert_json_error_prefix(&r, 400);
+        assert!(
+            r.text()
+                .contains(r#""location":"/name","keyword":"maxLength""#),
+            "{}",
+            r.text()
+        );
+        assert!(!r.text().contains("SECRETVALUE"));
+        let r = c.request(&post(r#"{"name":"x","price":-5}"#));
+        assert!(
+            r.text()
+                .contains(r#""location":"/price","keyword":"minimum""#),
+            "{}",
+            r.text()
+        );
+        let r = c.request(&post(r#"{"name":"x"}"#));
+        assert!(r.text().contains(r#""keyword":"required""#), "{}", r.text());
+        let r = c.request(&post(r#"{"name":"x","price":1,"admin":true}"#));
+        assert!(
+            r.text().contains(r#""keyword":"additionalProperties""#),
+            "{}",
+            r.text()
+        );
+        // no body at all is not JSON
+        let r = c.request("POST /items HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n");
+        assert_json_error_prefix(&r, 400);
+
+        // a chunked valid body goes upstream with a Content-Length
+        let chunked = "POST /items HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n\
+                       a\r\n{\"name\":\"l\r\nf\r\namp\",\"price\":3}\r\n0\r\n\r\n";
+        assert_eq!(
+            c.request(chunked).status,
+            200,
+            "the connection survived the 400s"
+        );
+
+        // over the route's body limit
+        let big = format!(
+            r#"{{"name":"x","price":1,"tags":["{}"]}}"#,
+            "a".repeat(2000)
+        );
+        let r = request(gw.main(), &post(&big));
+        assert_json_error(&r, 413);
+
+        let reqs = up.wait_requests(2);
+        assert_eq!(reqs.len(), 2, "only valid bodies reached the upstream");
+        assert_eq!(reqs[0].body, good.as_bytes());
+        assert_eq!(reqs[1].body, br#"{"name":"lamp","price":3}"#);
+        assert_eq!(reqs[1].header("content-length"), Some("25"));
+        assert!(!reqs[1].chunked);
+    }
+}
+
+/// A gateway JSON error whose body has extra fields after the request id.
+fn assert_json_error_prefix(r: &Response, status: u16) {
+    assert_eq!(r.status, status, "{}", r.text());
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("JSON error body");
+    assert_eq!(v["status"], status);
+    assert_eq!(v["request_id"].as_str(), r.header("x-request-id"));
+}

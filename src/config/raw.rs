@@ -275,6 +275,8 @@ pub struct RawValidate {
     pub max_query_params: Option<u32>,
     #[serde(default)]
     pub query: Vec<RawQueryRule>,
+    /// A JSON Schema (Draft 2020-12) file request bodies must satisfy.
+    pub json_schema: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

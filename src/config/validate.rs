@@ -829,7 +829,44 @@ fn route_policy(
                 max_length: q.max_length.map(|n| n as usize),
             });
         }
+        let json_schema = v.json_schema.as_ref().and_then(|file| {
+            let key = vp.key("json_schema");
+            let path = dir.join(file);
+            let text = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) => {
+                    c.error(&key, format!("{}: {e}", path.display()));
+                    return None;
+                }
+            };
+            let value: serde_json::Value = match serde_json::from_str(&text) {
+                Ok(v) => v,
+                Err(e) => {
+                    c.error(
+                        &key,
+                        format!(
+                            "{}:{}:{}: not JSON: {e}",
+                            path.display(),
+                            e.line(),
+                            e.column()
+                        ),
+                    );
+                    return None;
+                }
+            };
+            match jsonschema::draft202012::new(&value) {
+                Ok(v) => Some(std::sync::Arc::new(v)),
+                Err(e) => {
+                    c.error(
+                        &key,
+                        format!("{}: not a valid JSON Schema: {e}", path.display()),
+                    );
+                    None
+                }
+            }
+        });
         Validate {
+            json_schema,
             methods,
             required_headers: required.into(),
             content_types,

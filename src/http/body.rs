@@ -77,6 +77,65 @@ pub async fn copy<R: Stream, W: Stream>(
     }
 }
 
+/// Reads a whole body into `into` (decoded, trailers dropped), for routes
+/// that must see the body before forwarding it. Returns its length.
+///
+/// # Errors
+/// [`BodyError`] as for [`copy`]; `TooLarge` as soon as `limit` is passed,
+/// without reading further.
+pub async fn collect<R: Stream>(
+    src: &mut Inbound<'_, R>,
+    framing: Framing,
+    into: &mut Vec<u8>,
+    decoder: &mut ChunkedDecoder,
+    idle: Duration,
+    limit: u64,
+) -> Result<u64, BodyError> {
+    into.clear();
+    let chunked = match framing {
+        Framing::Empty => return Ok(0),
+        Framing::Length(n) if n > limit => return Err(BodyError::TooLarge),
+        Framing::Length(_) => false,
+        Framing::Chunked => true,
+        // Requests are never close-delimited.
+        Framing::UntilClose => return Err(BodyError::SourceClosed),
+    };
+    decoder.reset();
+    loop {
+        if let Framing::Length(n) = framing {
+            let want = (n - into.len() as u64) as usize;
+            let take = src.available().len().min(want);
+            into.extend_from_slice(&src.available()[..take]);
+            src.consume(take);
+            if into.len() as u64 == n {
+                return Ok(n);
+            }
+        } else if chunked {
+            let (used, event) = decoder.decode(src.available())?;
+            match event {
+                Some(Event::Data(range)) => {
+                    if into.len() + range.len() > limit as usize {
+                        return Err(BodyError::TooLarge);
+                    }
+                    into.extend_from_slice(&src.available()[range]);
+                    src.consume(used);
+                    continue;
+                }
+                Some(Event::Done) => {
+                    src.consume(used);
+                    return Ok(into.len() as u64);
+                }
+                None => src.consume(used),
+            }
+        }
+        match src.fill(idle).await {
+            Ok(0) => return Err(BodyError::SourceClosed),
+            Ok(_) => {}
+            Err(e) => return Err(BodyError::Source(e)),
+        }
+    }
+}
+
 async fn copy_length<R: Stream, W: Stream>(
     src: &mut Inbound<'_, R>,
     dst: &mut W,

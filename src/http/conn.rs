@@ -28,7 +28,9 @@ use super::head::{
 };
 use super::io::{make_room, read_into, write_all, Stream};
 use super::proxy;
-use super::response::{render_direct, render_empty, render_error, ConnHeader, RequestId};
+use super::response::{
+    render_direct, render_empty, render_error, render_error_detail, ConnHeader, RequestId,
+};
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::observability::access_log::{audit_start, field_str, write_access, AccessRecord};
@@ -81,6 +83,10 @@ pub struct Downstream<S> {
     /// config they came from.
     pub gateway_fields: Vec<u8>,
     fields_of: usize,
+    /// A request body read whole before forwarding (JSON Schema routes);
+    /// `buffered` says whether the current request's body is in it.
+    pub body: Vec<u8>,
+    pub buffered: bool,
 }
 
 /// What stages report about the request in flight; reset per request.
@@ -165,6 +171,8 @@ impl<S: Stream> Downstream<S> {
             extra: Vec::new(),
             gateway_fields: Vec::new(),
             fields_of: 0,
+            body: Vec::new(),
+            buffered: false,
         }
     }
 
@@ -366,6 +374,7 @@ async fn exchange<S: Stream>(ctx: &WorkerCtx, snap: &Snapshot, d: &mut Downstrea
     d.rec.bytes_in = d.head.len as u64;
     d.use_config(cfg);
     d.extra.clear();
+    d.buffered = false;
     let view = RequestView {
         head: &d.head,
         buf: &d.rbuf[d.start..],
@@ -517,6 +526,12 @@ async fn stages<S: Stream>(
             return respond_error(d, GatewayError::PayloadTooLarge, id, false).await;
         }
     }
+    // JSON Schema routes read the body whole and check it first
+    if let Some(rules) = policy.validate.as_ref().filter(|r| r.json_schema.is_some()) {
+        if let Some(next) = buffer_and_check_json(ctx, snap, d, route, rules, id).await {
+            return next;
+        }
+    }
     match &route.action {
         Action::Respond(direct) => {
             let head_only = d.head.method == Method::Head;
@@ -539,6 +554,85 @@ async fn stages<S: Stream>(
         }
         Action::Proxy(action) => proxy::forward(ctx, snap, d, route, action, id).await,
     }
+}
+
+/// Reads the request body into `d.body` and checks it against the route's
+/// schema. `Some(next)` when the request was answered here. The head stays
+/// where it is in the read buffer: body bytes are moved to a scratch buffer
+/// and bytes after the body (pipelined requests) are put back behind it.
+async fn buffer_and_check_json<S: Stream>(
+    _ctx: &WorkerCtx,
+    snap: &Snapshot,
+    d: &mut Downstream<S>,
+    route: &Route,
+    rules: &crate::security::validate::Validate,
+    id: &RequestId,
+) -> Option<Next> {
+    use super::body::{collect, BodyError};
+    use super::io::{Inbound, ReadError};
+    let bodyful = matches!(d.head.method, Method::Post | Method::Put | Method::Patch);
+    if d.head.framing == Framing::Empty && !bodyful {
+        return None;
+    }
+    if d.head.expect_continue {
+        d.scratch.clear();
+        d.scratch
+            .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        if write_all(&mut d.stream, &mut d.scratch).await.is_err() {
+            return Some(Next::Close);
+        }
+        d.head.expect_continue = false;
+    }
+    let body_start = d.start + d.head.len;
+    let mut raw = std::mem::take(&mut d.scratch);
+    raw.clear();
+    raw.extend_from_slice(&d.rbuf[body_start..]);
+    d.rbuf.truncate(body_start);
+    let mut raw_start = 0;
+    let result = {
+        let mut src = Inbound {
+            stream: &mut d.stream,
+            buf: &mut raw,
+            start: &mut raw_start,
+        };
+        collect(
+            &mut src,
+            d.head.framing,
+            &mut d.body,
+            &mut d.decoder,
+            snap.config.timeouts.request_body_idle,
+            route.max_body_bytes,
+        )
+        .await
+    };
+    // Pipelined bytes after the body go back to the read buffer.
+    d.rbuf.extend_from_slice(&raw[raw_start..]);
+    d.scratch = raw;
+    let err = match result {
+        Ok(n) => {
+            d.rec.bytes_in += n;
+            None
+        }
+        Err(BodyError::TooLarge) => Some(GatewayError::PayloadTooLarge),
+        Err(BodyError::Source(ReadError::TimedOut)) => Some(GatewayError::RequestTimeout),
+        Err(BodyError::Invalid(_)) => Some(GatewayError::BadRequest),
+        Err(_) => return Some(Next::Close),
+    };
+    if let Some(err) = err {
+        // The rest of the body is unread: close.
+        d.head.framing = Framing::Empty;
+        return Some(respond_error(d, err, id, false).await);
+    }
+    // Forwarded as a Content-Length body from the buffer.
+    d.head.framing = Framing::Length(d.body.len() as u64);
+    d.buffered = true;
+    let keep = d.head.keep_alive;
+    if let Err(problem) = rules.check_json(&d.body) {
+        let mut detail = Vec::new();
+        problem.render(&mut detail);
+        return Some(respond_error_detail(d, GatewayError::InvalidBody, id, keep, &detail).await);
+    }
+    None
 }
 
 /// Counts an IP-filter denial and writes its audit event.
@@ -703,9 +797,27 @@ pub async fn respond_error<S: Stream>(
     id: &RequestId,
     keep: bool,
 ) -> Next {
+    respond_error_detail(d, err, id, keep, b"").await
+}
+
+/// [`respond_error`] with extra JSON fields in the body.
+async fn respond_error_detail<S: Stream>(
+    d: &mut Downstream<S>,
+    err: GatewayError,
+    id: &RequestId,
+    keep: bool,
+    detail: &[u8],
+) -> Next {
     let conn = d.conn_header(keep);
     d.consume_head();
-    render_error(&mut d.wbuf, err, id, conn, &[&d.gateway_fields, &d.extra]);
+    render_error_detail(
+        &mut d.wbuf,
+        err,
+        id,
+        conn,
+        &[&d.gateway_fields, &d.extra],
+        detail,
+    );
     d.rec.status = err.status();
     d.rec.bytes_out += d.wbuf.len() as u64;
     if write_all(&mut d.stream, &mut d.wbuf).await.is_err() {

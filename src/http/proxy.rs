@@ -218,8 +218,13 @@ async fn attempt<S: Stream>(
         return Err(Attempt::Retry);
     }
 
-    // request body
-    if framing != Framing::Empty {
+    // request body: read whole already (JSON Schema routes), or streamed
+    if d.buffered {
+        if write_all(&mut up.stream, &mut d.body).await.is_err() {
+            ep.stats.error(UpstreamErrorKind::Reset);
+            return Err(Attempt::Fail(fail(d, GatewayError::BadGateway, id).await));
+        }
+    } else if framing != Framing::Empty {
         if d.head.expect_continue {
             d.scratch.clear();
             d.scratch.extend_from_slice(CONTINUE);

@@ -161,11 +161,28 @@ pub fn render_error(
     conn: ConnHeader,
     extra: &[&[u8]],
 ) {
+    render_error_detail(out, err, id, conn, extra, b"");
+}
+
+/// [`render_error`] with `detail`: extra `,"key":value` JSON fields (already
+/// escaped) appended to the body.
+pub fn render_error_detail(
+    out: &mut Vec<u8>,
+    err: GatewayError,
+    id: &RequestId,
+    conn: ConnHeader,
+    extra: &[&[u8]],
+    detail: &[u8],
+) {
     let status = err.status();
     let msg = err.public_message().as_bytes();
     let id = id.as_bytes();
-    // The body's fixed parts plus the three values; all ASCII needing no escape.
-    let body_len = br#"{"error":"","status":,"request_id":""}"#.len() + msg.len() + 3 + id.len();
+    // The body's fixed parts plus the values; all ASCII needing no escape.
+    let body_len = br#"{"error":"","status":,"request_id":""}"#.len()
+        + msg.len()
+        + 3
+        + id.len()
+        + detail.len();
     out.clear();
     status_line(out, status);
     out.extend_from_slice(b"content-type: application/json\r\ncontent-length: ");
@@ -182,7 +199,9 @@ pub fn render_error(
     push_u64(out, u64::from(status));
     out.extend_from_slice(br#","request_id":""#);
     out.extend_from_slice(id);
-    out.extend_from_slice(br#""}"#);
+    out.push(b'"');
+    out.extend_from_slice(detail);
+    out.push(b'}');
 }
 
 /// Renders a response without a body (a CORS preflight answer).
