@@ -22,6 +22,9 @@ pub enum GatewayError {
     /// 400: a query parameter breaks the route's rules (client side).
     #[error("invalid query")]
     InvalidQuery,
+    /// 400: a header value breaks the route's OpenAPI parameter (client side).
+    #[error("invalid header")]
+    InvalidHeader,
     /// 400: the body is not JSON, or breaks the route's JSON Schema (client side).
     #[error("invalid body")]
     InvalidBody,
@@ -72,6 +75,7 @@ impl GatewayError {
             | GatewayError::InvalidPath
             | GatewayError::MissingHeader
             | GatewayError::InvalidQuery
+            | GatewayError::InvalidHeader
             | GatewayError::InvalidBody => 400,
             GatewayError::Forbidden | GatewayError::CorsRefused => 403,
             GatewayError::NotFound => 404,
@@ -94,6 +98,7 @@ impl GatewayError {
             GatewayError::InvalidPath => "invalid request path",
             GatewayError::MissingHeader => "a required header is missing",
             GatewayError::InvalidQuery => "invalid query parameters",
+            GatewayError::InvalidHeader => "invalid header value",
             GatewayError::InvalidBody => "request body does not match the schema",
             GatewayError::Forbidden => "forbidden",
             GatewayError::CorsRefused => "cross-origin request not allowed",

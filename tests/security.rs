@@ -649,3 +649,101 @@ fn assert_json_error_prefix(r: &Response, status: u16) {
     assert_eq!(v["status"], status);
     assert_eq!(v["request_id"].as_str(), r.header("x-request-id"));
 }
+
+#[test]
+fn openapi_operation_rules_are_enforced() {
+    let up = Upstream::named("created");
+    let dir = tempfile::tempdir().unwrap();
+    let doc = dir.path().join("shop.yaml");
+    std::fs::write(
+        &doc,
+        r#"openapi: 3.1.0
+info: { title: shop, version: "1" }
+paths:
+  /items:
+    post:
+      operationId: createItem
+      parameters:
+        - { name: X-Tenant, in: header, required: true, schema: { type: string, pattern: "^[a-z]+$" } }
+        - { name: page, in: query, schema: { type: integer, minimum: 1 } }
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: { $ref: '#/components/schemas/Item' }
+components:
+  schemas:
+    Item:
+      type: object
+      required: [name, price]
+      properties:
+        name: { type: string }
+        price: { type: number, minimum: 0 }
+"#,
+    )
+    .unwrap();
+    let gw = Gateway::start(&config(
+        "io_uring",
+        &format!(
+            "{}
+[[routes]]
+name = \"items\"
+match = {{ path = \"/items\" }}
+proxy = {{ cluster = \"c\" }}
+validate = {{ openapi = {{ document = \"{}\", operation = \"createItem\" }} }}
+",
+            cluster("c", &[&up], ""),
+            doc.display()
+        ),
+    ));
+    // Refused before the body is read: each on its own connection.
+    let addr = gw.main();
+    let post = |target: &str, headers: &str, json: &str| {
+        format!(
+            "POST {target} HTTP/1.1\r\nHost: t\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
+            json.len()
+        )
+    };
+    let good = r#"{"name":"lamp","price":3}"#;
+    let tenant = "X-Tenant: acme\r\n";
+    assert_json_error(&request(addr, &post("/items", "", good)), 400);
+    assert_json_error(
+        &request(addr, &post("/items", "X-Tenant: ACME\r\n", good)),
+        400,
+    );
+    assert_json_error(&request(addr, &post("/items?page=0", tenant, good)), 400);
+    assert_json_error(&request(addr, &post("/items?page=two", tenant, good)), 400);
+    let r = request(
+        addr,
+        &post("/items", tenant, r#"{"name":"lamp","price":-1}"#),
+    );
+    assert_eq!(r.status, 400);
+    assert!(
+        r.text()
+            .contains(r#""location":"/price","keyword":"minimum""#),
+        "{}",
+        r.text()
+    );
+    let r = request(addr, "POST /items HTTP/1.1\r\nHost: t\r\nX-Tenant: acme\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi");
+    assert_json_error(&r, 415);
+    assert_eq!(up.request_count(), 0);
+    assert_eq!(
+        request(addr, &post("/items?page=2", tenant, good)).status,
+        200
+    );
+    assert_eq!(up.wait_requests(1)[0].body, good.as_bytes());
+
+    // A missing operation is a config error naming the key.
+    let bad = format!(
+        "{}[[routes]]\nname = \"x\"\nproxy = {{ cluster = \"c\" }}\nvalidate = {{ openapi = {{ document = \"{}\", operation = \"nope\" }} }}\n",
+        cluster("c", &[&up], ""),
+        doc.display()
+    );
+    let err = Gateway::try_start(&config("io_uring", &bad))
+        .err()
+        .expect("refused");
+    assert!(
+        err.contains("routes[0].validate.openapi") && err.contains("nope"),
+        "{err}"
+    );
+}

@@ -277,6 +277,17 @@ pub struct RawValidate {
     pub query: Vec<RawQueryRule>,
     /// A JSON Schema (Draft 2020-12) file request bodies must satisfy.
     pub json_schema: Option<String>,
+    /// Take parameter and body rules from an OpenAPI 3 operation.
+    pub openapi: Option<RawOpenApi>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOpenApi {
+    /// The document (JSON or YAML), relative to the config file.
+    pub document: String,
+    /// The `operationId` whose rules apply.
+    pub operation: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -865,8 +865,33 @@ fn route_policy(
                 }
             }
         });
+        let mut json_schema = json_schema;
+        let mut content_types = content_types;
+        let mut params = Vec::new();
+        let mut body_required = None;
+        if let Some(oa) = &v.openapi {
+            match crate::security::openapi::load(&dir.join(&oa.document), &oa.operation) {
+                Ok(op) => {
+                    if op.body.is_some() && json_schema.is_some() {
+                        c.error(
+                            &vp.key("json_schema"),
+                            "the OpenAPI operation already gives the body schema; use one",
+                        );
+                    }
+                    json_schema = json_schema.or(op.body);
+                    if content_types.is_none() && !op.content_types.is_empty() {
+                        content_types = Some(op.content_types.into_boxed_slice());
+                    }
+                    body_required = Some(op.body_required);
+                    params = op.params;
+                }
+                Err(e) => c.error(&vp.key("openapi"), e),
+            }
+        }
         Validate {
             json_schema,
+            body_required,
+            params: params.into(),
             methods,
             required_headers: required.into(),
             content_types,

@@ -571,7 +571,7 @@ async fn buffer_and_check_json<S: Stream>(
     use super::body::{collect, BodyError};
     use super::io::{Inbound, ReadError};
     let bodyful = matches!(d.head.method, Method::Post | Method::Put | Method::Patch);
-    if d.head.framing == Framing::Empty && !bodyful {
+    if d.head.framing == Framing::Empty && !rules.body_required.unwrap_or(bodyful) {
         return None;
     }
     if d.head.expect_continue {

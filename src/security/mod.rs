@@ -7,6 +7,7 @@
 //! - `client_ip.rs`: the real client address behind trusted proxies.
 //! - `cors.rs`: CORS preflight answers and response fields.
 //! - `proxy_protocol.rs`: PROXY v1/v2 headers from L4 load balancers.
+//! - `openapi.rs`: request rules compiled from an OpenAPI 3 operation.
 //! - `validate.rs`: per-route request rules (methods, headers, media types,
 //!   limits, query parameters).
 //! - this file: [`IpFilter`], [`HeaderPolicy`] and the per-route bundle
@@ -19,6 +20,7 @@
 pub mod client_ip;
 pub mod cors;
 pub mod ipset;
+pub mod openapi;
 pub mod path;
 pub mod proxy_protocol;
 pub mod validate;

@@ -26,6 +26,7 @@ use regex::Regex;
 use crate::error::GatewayError;
 use crate::http::head::{Framing, RequestView};
 use crate::routing::MethodSet;
+use crate::security::openapi::{ParamIn, ParamRule};
 
 #[derive(Debug, Clone)]
 pub struct QueryRule {
@@ -50,6 +51,11 @@ pub struct Validate {
     pub query: Box<[QueryRule]>,
     /// Compiled once at config load; shared read-only by every worker.
     pub json_schema: Option<std::sync::Arc<jsonschema::Validator>>,
+    /// Whether a body must be present (OpenAPI `requestBody.required`);
+    /// `None`: required for POST, PUT and PATCH.
+    pub body_required: Option<bool>,
+    /// Parameters from an OpenAPI operation.
+    pub params: Box<[ParamRule]>,
 }
 
 /// Why a JSON body was refused; rendered into the error body.
@@ -197,6 +203,41 @@ impl Validate {
             }
             if rule.required && !seen {
                 return Err(GatewayError::InvalidQuery);
+            }
+        }
+        for rule in self.params.iter() {
+            match rule.location {
+                ParamIn::Header => match req.header(&rule.name) {
+                    None if rule.required => return Err(GatewayError::MissingHeader),
+                    None => {}
+                    Some(v) => {
+                        let ok = std::str::from_utf8(v.trim_ascii()).is_ok_and(|t| rule.accepts(t));
+                        if !ok {
+                            return Err(GatewayError::InvalidHeader);
+                        }
+                    }
+                },
+                ParamIn::Query => {
+                    let mut seen = false;
+                    for param in query.split(|&b| b == b'&') {
+                        let (name, value) = match param.iter().position(|&b| b == b'=') {
+                            Some(i) => (&param[..i], &param[i + 1..]),
+                            None => (param, &b""[..]),
+                        };
+                        if name != &*rule.name {
+                            continue;
+                        }
+                        seen = true;
+                        decode_query_value(value, scratch);
+                        let ok = std::str::from_utf8(scratch).is_ok_and(|t| rule.accepts(t));
+                        if !ok {
+                            return Err(GatewayError::InvalidQuery);
+                        }
+                    }
+                    if rule.required && !seen {
+                        return Err(GatewayError::InvalidQuery);
+                    }
+                }
             }
         }
         Ok(())
