@@ -247,7 +247,20 @@ pub fn render_direct(
     out.extend_from_slice(b"x-request-id: ");
     out.extend_from_slice(id.as_bytes());
     out.extend_from_slice(b"\r\n");
-    extra.iter().for_each(|e| out.extend_from_slice(e));
+    // Gateway-wide fields, unless the route's response sets the same field.
+    for line in extra
+        .iter()
+        .flat_map(|e| e.split_inclusive(|&b| b == b'\n'))
+    {
+        let name = line.split(|&b| b == b':').next().unwrap_or_default();
+        if !d
+            .headers
+            .iter()
+            .any(|(n, _)| n.as_bytes().eq_ignore_ascii_case(name))
+        {
+            out.extend_from_slice(line);
+        }
+    }
     connection(out, conn);
     out.extend_from_slice(b"\r\n");
     if !head_only && d.status != 204 && d.status != 304 {
@@ -283,6 +296,23 @@ mod tests {
                 r#"{{"error":"no route matches this request","status":404,"request_id":"{id}"}}"#
             )
         );
+    }
+
+    #[test]
+    fn direct_responses_keep_their_own_fields() {
+        let d = DirectResponse {
+            status: 200,
+            headers: vec![("X-Frame-Options".into(), "SAMEORIGIN".into())].into(),
+            body: b"ok".to_vec().into(),
+        };
+        let mut out = Vec::new();
+        let extra: &[u8] = b"x-frame-options: DENY\r\nx-content-type-options: nosniff\r\n";
+        let id = RequestIds::new(0).generate();
+        render_direct(&mut out, &d, &id, ConnHeader::None, false, &[extra]);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("X-Frame-Options: SAMEORIGIN\r\n"));
+        assert!(!text.contains("DENY"));
+        assert!(text.contains("x-content-type-options: nosniff\r\n"));
     }
 
     #[test]
