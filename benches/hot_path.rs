@@ -14,6 +14,9 @@
 //!    binary search, instead of a linear scan over the CIDRs.
 //! 5. `path`: normalising a request path into reused buffers, against the
 //!    allocating way (decode to a `String`, split, collect segments, join).
+//! 7. `rate_limit`: one GCRA check in the worker's own fixed table (no lock,
+//!    no allocation) against a `Mutex<HashMap>` of token buckets, the
+//!    shared-state design per-core tables avoid.
 //! 6. `json_schema`: the cost of a JSON Schema route per KiB of body (parse
 //!    plus validation), against parsing alone, to size `max_body_bytes` on
 //!    such routes.
@@ -331,5 +334,58 @@ fn json_schema(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, parse, route, rewrite, ip_filter, path, json_schema);
+fn rate_limit(c: &mut Criterion) {
+    use ringgate::ratelimit::gcra::{Gcra, Table};
+    use std::sync::Mutex;
+    let p = Gcra::new(1_000_000, 1_000_000_000, 1_000);
+    let mut table = Table::new(65_536);
+    let naive: Mutex<HashMap<u64, (f64, u64)>> = Mutex::new(HashMap::new());
+    let mut g = c.benchmark_group("rate_limit");
+    let mut now = 0u64;
+    g.bench_function("gcra_table_hit", |b| {
+        b.iter(|| {
+            now += 1_000;
+            let d = table.check(black_box(42), now, p);
+            table.commit(&d);
+            black_box(d.allowed)
+        })
+    });
+    let mut k = 0u64;
+    g.bench_function("gcra_table_new_key", |b| {
+        b.iter(|| {
+            k = k.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            now += 1_000;
+            let d = table.check(black_box(k), now, p);
+            table.commit(&d);
+            black_box(d.allowed)
+        })
+    });
+    g.bench_function("naive_mutex_hashmap_hit", |b| {
+        b.iter(|| {
+            now += 1_000;
+            let mut m = naive.lock().unwrap();
+            let e = m.entry(black_box(42)).or_insert((1_000.0, now));
+            let refill = (now - e.1) as f64 / 1_000.0;
+            e.0 = (e.0 + refill).min(1_000.0);
+            e.1 = now;
+            let ok = e.0 >= 1.0;
+            if ok {
+                e.0 -= 1.0;
+            }
+            black_box(ok)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    parse,
+    route,
+    rewrite,
+    ip_filter,
+    path,
+    json_schema,
+    rate_limit
+);
 criterion_main!(benches);

@@ -95,6 +95,18 @@ pub fn run(config_path: PathBuf, config: Config) -> Result<(), StartError> {
     }
     let driver = drivers.first().map_or("none", |d| d.name());
     state.set_workers(handles.iter().map(|h| h.control.clone()).collect());
+    // Each worker learns the others, for rate-limit reconciliation.
+    if handles.len() > 1 {
+        for (i, h) in handles.iter().enumerate() {
+            let peers = handles
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, p)| p.control.clone())
+                .collect();
+            let _ = h.control.send_blocking(Control::Peers(peers));
+        }
+    }
     // Readiness first: whoever acts on the log line must find /readyz ready.
     state.ready.store(true, Ordering::Release);
     tracing::info!(workers = handles.len(), driver, "ready");

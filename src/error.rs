@@ -48,6 +48,10 @@ pub enum GatewayError {
     /// 413: the body exceeds the route's `max_body_bytes` (client side).
     #[error("payload too large")]
     PayloadTooLarge,
+    /// 429: a rate-limit policy of the route refuses the request (client
+    /// side; `Retry-After` and `RateLimit` say when to come back).
+    #[error("too many requests")]
+    TooManyRequests,
     /// 415: the body's media type is not one the route accepts (client side).
     #[error("unsupported media type")]
     UnsupportedMediaType,
@@ -81,6 +85,7 @@ impl GatewayError {
             GatewayError::NotFound => 404,
             GatewayError::MethodNotAllowed => 405,
             GatewayError::UnsupportedMediaType => 415,
+            GatewayError::TooManyRequests => 429,
             GatewayError::RequestTimeout => 408,
             GatewayError::PayloadTooLarge => 413,
             GatewayError::UriTooLong => 414,
@@ -105,6 +110,7 @@ impl GatewayError {
             GatewayError::NotFound => "no route matches this request",
             GatewayError::MethodNotAllowed => "method not allowed",
             GatewayError::UnsupportedMediaType => "unsupported media type",
+            GatewayError::TooManyRequests => "rate limit exceeded",
             GatewayError::RequestTimeout => "request timeout",
             GatewayError::PayloadTooLarge => "request body too large",
             GatewayError::UriTooLong => "request line too long",

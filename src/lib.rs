@@ -10,6 +10,7 @@
 //!   (`proxy`), gateway-made responses (`response`).
 //! - `routing`: the compiled route table.
 //! - `upstream`: clusters, balancers, keep-alive pools, passive health.
+//! - `ratelimit`: GCRA policies, per-worker tables, cross-core sync.
 //! - `security`: path normalisation, client address behind trusted proxies,
 //!   IP allow/deny lists, response header policy, CORS, request validation.
 //! - `admin`: the admin listener (`/healthz`, `/readyz`, `/metrics`,
@@ -29,6 +30,7 @@ pub mod control;
 pub mod error;
 pub mod http;
 pub mod observability;
+pub mod ratelimit;
 pub mod routing;
 pub mod security;
 pub mod sys;

@@ -54,6 +54,12 @@ pub const CONNECT_ATTEMPTS: u32 = 2;
 
 pub const ADMIN_ADDRESS: &str = "127.0.0.1:9901";
 
+/// Workers exchange their rate-limit admissions this often (the accuracy
+/// bound grows with it; see ratelimit/mod.rs).
+pub const RATE_LIMIT_SYNC_INTERVAL: StdDuration = StdDuration::from_millis(20);
+/// Keys each worker tracks per process (16 bytes each: 1 MiB).
+pub const RATE_LIMIT_TABLE_SIZE: u32 = 65_536;
+
 /// List files (IP allow/deny) are checked for changes this often.
 pub const LIST_WATCH_INTERVAL: StdDuration = StdDuration::from_secs(2);
 /// CORS preflight answers are cached this long by browsers.
@@ -197,4 +203,16 @@ pub fn cors_max_age() -> Duration {
 }
 pub fn cors_methods() -> Vec<String> {
     ["GET", "HEAD", "POST"].map(String::from).to_vec()
+}
+pub fn rate_limit_sync_interval() -> Duration {
+    Duration(RATE_LIMIT_SYNC_INTERVAL)
+}
+pub fn rate_limit_table_size() -> u32 {
+    RATE_LIMIT_TABLE_SIZE
+}
+pub fn rate_limit_headers() -> bool {
+    true
+}
+pub fn rate_limit_key() -> Vec<String> {
+    vec!["client_ip".to_string()]
 }

@@ -57,6 +57,8 @@ pub struct Config {
     pub trace_context: TraceMode,
     /// Trusted proxies, global IP filter, gateway response headers.
     pub security: crate::security::Security,
+    /// Rate-limit policies and their shared settings.
+    pub rate_limit: crate::ratelimit::RateLimitConfig,
     pub listeners: Vec<ListenerConfig>,
     pub clusters: Vec<ClusterConfig>,
     pub router: Router,

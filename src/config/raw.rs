@@ -35,6 +35,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub security: RawSecurity,
     #[serde(default)]
+    pub rate_limit: RawRateLimit,
+    #[serde(default)]
     pub listeners: Vec<RawListener>,
     #[serde(default)]
     pub clusters: Vec<RawCluster>,
@@ -317,6 +319,45 @@ pub struct RawCors {
     pub max_age: Duration,
 }
 
+/// `[rate_limit]`: shared settings and the named policies.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    #[serde(default = "d::rate_limit_sync_interval")]
+    pub sync_interval: Duration,
+    #[serde(default = "d::rate_limit_table_size")]
+    pub table_size: u32,
+    #[serde(default = "d::rate_limit_headers")]
+    pub headers: bool,
+    #[serde(default)]
+    pub policies: Vec<RawPolicy>,
+}
+
+impl Default for RawRateLimit {
+    fn default() -> Self {
+        Self {
+            sync_interval: d::rate_limit_sync_interval(),
+            table_size: d::rate_limit_table_size(),
+            headers: d::rate_limit_headers(),
+            policies: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    pub name: String,
+    /// Requests per `per`.
+    pub rate: u64,
+    pub per: Duration,
+    /// Requests admitted at once; defaults to `rate`.
+    pub burst: Option<u64>,
+    /// "client_ip", "route", "header:<name>"; several combine.
+    #[serde(default = "d::rate_limit_key")]
+    pub key: Vec<String>,
+}
+
 /// `[access_log]`: one JSON line per request.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -462,6 +503,9 @@ pub struct RawRoute {
     pub response_headers: Option<RawResponseHeaders>,
     pub validate: Option<RawValidate>,
     pub cors: Option<RawCors>,
+    /// Names of `[[rate_limit.policies]]` applied to this route.
+    #[serde(default)]
+    pub rate_limits: Vec<String>,
     /// Path properties this route accepts ("encoded_slash", "backslash",
     /// "double_encoding", "invalid_utf8").
     #[serde(default)]

@@ -239,6 +239,7 @@ fn build(c: &mut Checker<'_>, raw: RawConfig, dir: &std::path::Path) -> Config {
 
     let mut watched = Vec::new();
     let security = security(c, &root.key("security"), &raw.security, dir, &mut watched);
+    let rate_limit = rate_limit(c, &root.key("rate_limit"), &raw.rate_limit);
 
     let mut routes = Vec::new();
     let mut route_names = HashSet::new();
@@ -252,6 +253,31 @@ fn build(c: &mut Checker<'_>, raw: RawConfig, dir: &std::path::Path) -> Config {
         }
         if let Some(mut r) = route(c, &p, rr, i, &clusters, limits.max_body_bytes) {
             r.policy = route_policy(c, &p, rr, &raw.security, dir, &mut watched);
+            let mut limits = Vec::new();
+            for (j, name) in rr.rate_limits.iter().enumerate() {
+                match rate_limit
+                    .policies
+                    .iter()
+                    .find(|p| &*p.name == name.as_str())
+                {
+                    Some(policy) => limits.push(policy.clone()),
+                    None => c.error(
+                        &p.key("rate_limits").index(j),
+                        format!("no [[rate_limit.policies]] named {name:?}"),
+                    ),
+                }
+            }
+            if limits.len() > crate::ratelimit::MAX_POLICIES {
+                c.error(
+                    &p.key("rate_limits"),
+                    format!(
+                        "at most {} policies per route",
+                        crate::ratelimit::MAX_POLICIES
+                    ),
+                );
+                limits.truncate(crate::ratelimit::MAX_POLICIES);
+            }
+            r.rate_limits = limits.into();
             routes.push(r);
         }
     }
@@ -275,6 +301,7 @@ fn build(c: &mut Checker<'_>, raw: RawConfig, dir: &std::path::Path) -> Config {
         audit_log,
         trace_context: raw.server.trace_context,
         security,
+        rate_limit,
         listeners,
         clusters,
         router: Router::new(routes),
@@ -570,6 +597,7 @@ fn route(
         access_log_ppm: (rr.access_log_sample.clamp(0.0, 1.0) * 1e6).round() as u32,
         ignore_case: m.ignore_case,
         policy: RoutePolicy::default(),
+        rate_limits: Box::new([]),
         host,
         path,
         methods,
@@ -578,6 +606,80 @@ fn route(
         max_body_bytes: rr.max_body_bytes.map_or(default_body, |b| b.0),
         order,
     })
+}
+
+fn rate_limit(
+    c: &mut Checker<'_>,
+    p: &KeyPath,
+    raw: &super::raw::RawRateLimit,
+) -> crate::ratelimit::RateLimitConfig {
+    use crate::ratelimit::{KeyPart, Policy, RateLimitConfig};
+    if raw.sync_interval.0.is_zero() || raw.sync_interval.0 > std::time::Duration::from_secs(10) {
+        c.error(&p.key("sync_interval"), "must be between 1ms and 10s");
+    }
+    if !(1024..=1 << 26).contains(&raw.table_size) {
+        c.error(&p.key("table_size"), "must be between 1024 and 67108864");
+    }
+    let mut policies = Vec::new();
+    let mut names = HashSet::new();
+    for (i, rp) in raw.policies.iter().enumerate() {
+        let pp = p.key("policies").index(i);
+        if !names.insert(rp.name.as_str()) {
+            c.error(
+                &pp.key("name"),
+                format!("duplicate policy name {:?}", rp.name),
+            );
+        }
+        if rp.name.is_empty()
+            || !rp
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            c.error(&pp.key("name"), "use letters, digits, '-', '_' and '.'");
+        }
+        if rp.rate == 0 {
+            c.error(&pp.key("rate"), "must be at least 1");
+        }
+        if rp.per.0 < std::time::Duration::from_secs(1)
+            || rp.per.0 > std::time::Duration::from_secs(86_400)
+        {
+            c.error(&pp.key("per"), "must be between 1s and 1d (24h)");
+        }
+        let burst = rp.burst.unwrap_or(rp.rate);
+        if burst == 0 {
+            c.error(&pp.key("burst"), "must be at least 1");
+        }
+        let mut key = Vec::new();
+        for (j, part) in rp.key.iter().enumerate() {
+            match part.as_str() {
+                "client_ip" => key.push(KeyPart::ClientIp),
+                "route" => key.push(KeyPart::Route),
+                h if h.starts_with("header:") && is_token(&h[7..]) => {
+                    key.push(KeyPart::Header(
+                        h[7..].to_ascii_lowercase().into_bytes().into(),
+                    ));
+                }
+                other => c.error(
+                    &pp.key("key").index(j),
+                    format!("{other:?} is not \"client_ip\", \"route\" or \"header:<name>\""),
+                ),
+            }
+        }
+        policies.push(std::sync::Arc::new(Policy::new(
+            &rp.name,
+            rp.rate.max(1),
+            rp.per.0.max(std::time::Duration::from_secs(1)),
+            burst.max(1),
+            key,
+        )));
+    }
+    RateLimitConfig {
+        policies,
+        sync_interval: raw.sync_interval.0.max(std::time::Duration::from_millis(1)),
+        table_size: raw.table_size as usize,
+        headers: raw.headers,
+    }
 }
 
 fn security(

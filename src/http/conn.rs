@@ -505,6 +505,39 @@ async fn stages<S: Stream>(
         }
     }
 
+    // rate limits
+    if !route.rate_limits.is_empty() {
+        use crate::ratelimit::{render_fields, Verdict};
+        let view = RequestView {
+            head: &d.head,
+            buf: &d.rbuf[d.start..],
+        };
+        let verdict = ctx.limiter.check(
+            &route.rate_limits,
+            |p| p.key_of(&view, client, &route.name),
+            ctx.now_ns(),
+        );
+        match verdict {
+            Verdict::Allowed(Some((i, dec))) if cfg.rate_limit.headers => {
+                render_fields(&mut d.extra, &route.rate_limits[i], &dec);
+            }
+            Verdict::Allowed(_) => {}
+            Verdict::Limited(i, dec) => {
+                let p = &route.rate_limits[i];
+                render_fields(&mut d.extra, p, &dec);
+                let stats = &snap.route_stats[route.order];
+                stats.limited.set(stats.limited.get() + 1);
+                audit(ctx, "rate_limited", |l| {
+                    field_str(l, "route", route.name.as_bytes());
+                    field_str(l, "policy", p.name.as_bytes());
+                    field_str(l, "client_ip", client.to_string().as_bytes());
+                    field_str(l, "request_id", id.as_bytes());
+                });
+                return respond_error(d, GatewayError::TooManyRequests, id, keep).await;
+            }
+        }
+    }
+
     // request validation
     if let Some(rules) = &policy.validate {
         let view = RequestView {

@@ -75,6 +75,11 @@ pub mod names {
     /// Counter: requests refused by an IP filter, by `route` (`(unmatched)`
     /// for the global filter, which runs before routing).
     pub const IP_DENIALS: &str = "ringgate_ip_filter_denials_total";
+    /// Counter: admissions this worker learned from the others, by `worker`
+    /// (rate-limit reconciliation at work).
+    pub const RATE_SYNC_RECEIVED: &str = "ringgate_rate_limit_sync_received_total";
+    /// Counter: requests refused by a rate-limit policy, by `route`.
+    pub const RATE_LIMITED: &str = "ringgate_rate_limited_total";
     /// Counter: config reloads, by `result` (`ok`, `refused`).
     pub const CONFIG_RELOADS: &str = "ringgate_config_reloads_total";
     /// Counter: log lines dropped because the writer fell behind, by `log`
@@ -151,6 +156,8 @@ pub struct RouteStats {
     upstream_sum_us: Cell<u64>,
     /// Requests refused by an IP filter.
     pub denied: Cell<u64>,
+    /// Requests refused by a rate-limit policy.
+    pub limited: Cell<u64>,
     /// Access-log sampling credit in millionths: a line is written whenever
     /// it reaches one million.
     sample_credit: Cell<u32>,
@@ -178,6 +185,7 @@ impl RouteStats {
             duration_sum_us: Cell::new(0),
             upstream_sum_us: Cell::new(0),
             denied: Cell::new(0),
+            limited: Cell::new(0),
             sample_credit: Cell::new(0),
         }
     }
@@ -227,6 +235,7 @@ impl RouteStats {
             duration_sum_us: self.duration_sum_us.get(),
             upstream_sum_us: self.upstream_sum_us.get(),
             denied: self.denied.get(),
+            limited: self.limited.get(),
         }
     }
 }
@@ -323,6 +332,7 @@ pub struct RouteReport {
     pub duration_sum_us: u64,
     pub upstream_sum_us: u64,
     pub denied: u64,
+    pub limited: u64,
 }
 
 impl RouteReport {
@@ -339,6 +349,7 @@ impl RouteReport {
         self.duration_sum_us += other.duration_sum_us;
         self.upstream_sum_us += other.upstream_sum_us;
         self.denied += other.denied;
+        self.limited += other.limited;
     }
 }
 
@@ -363,6 +374,7 @@ pub struct WorkerReport {
     pub driver: &'static str,
     pub connections: u64,
     pub requests: u64,
+    pub rate_sync_received: u64,
     pub routes: Named<RouteReport>,
     pub clusters: Named<ClusterReport>,
     pub endpoints: Vec<EndpointReport>,
@@ -421,6 +433,10 @@ fn emit(reports: &[WorkerReport], process: &ProcessFigures) {
     describe_counter!(names::REQUEST_BYTES, "Request bytes received from clients.");
     describe_counter!(names::RESPONSE_BYTES, "Response bytes written to clients.");
     describe_counter!(names::IP_DENIALS, "Requests refused by an IP filter.");
+    describe_counter!(
+        names::RATE_LIMITED,
+        "Requests refused by a rate-limit policy."
+    );
     for (route, r) in &merge_routes(reports) {
         for (m, row) in r.requests.iter().enumerate() {
             for (c, &n) in row.iter().enumerate() {
@@ -432,6 +448,7 @@ fn emit(reports: &[WorkerReport], process: &ProcessFigures) {
         counter!(names::REQUEST_BYTES, "route" => route.to_string()).absolute(r.bytes_in);
         counter!(names::RESPONSE_BYTES, "route" => route.to_string()).absolute(r.bytes_out);
         counter!(names::IP_DENIALS, "route" => route.to_string()).absolute(r.denied);
+        counter!(names::RATE_LIMITED, "route" => route.to_string()).absolute(r.limited);
     }
 
     describe_gauge!(
@@ -452,6 +469,8 @@ fn emit(reports: &[WorkerReport], process: &ProcessFigures) {
         let worker = w.worker.to_string();
         gauge!(names::DOWNSTREAM_CONNECTIONS, "worker" => worker.clone()).set(w.connections as f64);
         counter!(names::WORKER_REQUESTS, "worker" => worker.clone()).absolute(w.requests);
+        counter!(names::RATE_SYNC_RECEIVED, "worker" => worker.clone())
+            .absolute(w.rate_sync_received);
         gauge!(names::WORKER_DRIVER, "worker" => worker.clone(), "driver" => w.driver).set(1.0);
         for e in &w.endpoints {
             gauge!(names::ENDPOINT_HEALTHY, "cluster" => e.cluster.to_string(), "endpoint" => e.address.to_string(), "worker" => worker.clone())

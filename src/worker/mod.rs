@@ -79,6 +79,12 @@ pub struct WorkerCtx {
     /// This worker's audit events (IP denials, refused CORS preflights).
     pub audit_log: RefCell<Option<Sink>>,
     pub clock: Clock,
+    /// This worker's rate-limit table and pending admissions.
+    pub limiter: crate::ratelimit::Limiter,
+    /// The other workers, for rate-limit reconciliation.
+    peers: RefCell<Vec<async_channel::Sender<Control>>>,
+    /// Origin of the rate limiter's nanosecond clock.
+    epoch: Instant,
 }
 
 impl WorkerCtx {
@@ -108,7 +114,15 @@ impl WorkerCtx {
             access_log: RefCell::new(access_log),
             audit_log: RefCell::new(audit_log),
             clock: Clock::default(),
+            limiter: crate::ratelimit::Limiter::new(config.rate_limit.table_size, config.workers),
+            peers: RefCell::new(Vec::new()),
+            epoch: Instant::now(),
         }
+    }
+
+    /// Nanoseconds since this worker started (the rate limiter's clock).
+    pub fn now_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// The current snapshot; requests hold it from head to end of response.
@@ -146,6 +160,7 @@ impl WorkerCtx {
             driver: driver.name(),
             connections: self.conns.active() as u64,
             requests: self.stats.requests.get(),
+            rate_sync_received: self.limiter.received.get(),
             routes,
             clusters,
             endpoints,
@@ -158,6 +173,10 @@ pub enum Control {
     Reload(Arc<Config>),
     /// Answer with a copy of this worker's counters (a metrics scrape).
     Collect(async_channel::Sender<WorkerReport>),
+    /// The other workers' channels (sent once, after start).
+    Peers(Vec<async_channel::Sender<Control>>),
+    /// Requests another worker admitted under rate-limit policies.
+    RateDeltas(crate::ratelimit::Deltas),
     Shutdown,
 }
 
@@ -357,6 +376,11 @@ async fn run(
             Ok(Control::Collect(reply)) => {
                 let _ = reply.try_send(ctx.report(driver));
             }
+            Ok(Control::Peers(peers)) => {
+                *ctx.peers.borrow_mut() = peers;
+                monoio::spawn(share_rate_limits(ctx.clone()));
+            }
+            Ok(Control::RateDeltas(deltas)) => ctx.limiter.apply(&deltas, ctx.now_ns()),
             Ok(Control::Shutdown) | Err(_) => break,
         }
     }
@@ -380,6 +404,24 @@ async fn run(
     // Hands the last lines to the writer.
     ctx.access_log.borrow_mut().take();
     ctx.audit_log.borrow_mut().take();
+}
+
+/// Sends this worker's rate-limit admissions to the other workers every
+/// `rate_limit.sync_interval`.
+async fn share_rate_limits(ctx: Rc<WorkerCtx>) {
+    let drain = ctx.drain.register();
+    loop {
+        let interval = ctx.snapshot().config.rate_limit.sync_interval;
+        monoio::select! {
+            _ = monoio::time::sleep(interval) => {}
+            _ = drain.wait() => return,
+        }
+        if let Some(deltas) = ctx.limiter.take_deltas() {
+            for peer in ctx.peers.borrow().iter() {
+                let _ = peer.try_send(Control::RateDeltas(deltas.clone()));
+            }
+        }
+    }
 }
 
 /// Hands partly filled log batches to the writer at the configured

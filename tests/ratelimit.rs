@@ -1,0 +1,138 @@
+//! Rate limiting on the real binary with two workers: one limit for the
+//! whole gateway whichever core a connection lands on, the IETF fields, and
+//! independent keys.
+
+mod common;
+
+use common::*;
+
+fn limited_config(up: &Upstream, policy: &str) -> String {
+    config(
+        "io_uring",
+        &format!(
+            "[rate_limit]\nsync_interval = \"10ms\"\n\n[[rate_limit.policies]]\n{policy}\n\n{}\
+             [[routes]]\nname = \"all\"\nproxy = {{ cluster = \"c\" }}\nrate_limits = [\"p\"]\n",
+            cluster("c", &[up], "")
+        ),
+    )
+}
+
+/// Scrapes until `ok` holds (reconciliation runs off the request path).
+fn wait_metric(gw: &Gateway, ok: impl Fn(&Metrics) -> bool) -> Metrics {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let m = scrape(gw);
+        if ok(&m) {
+            return m;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", m.text);
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn one_limit_across_both_workers() {
+    let up = Upstream::named("ok");
+    let gw = Gateway::start(&limited_config(
+        &up,
+        "name = \"p\"\nrate = 10\nper = \"1h\"\nburst = 10\nkey = [\"client_ip\"]",
+    ));
+
+    // The whole burst on one connection (one worker).
+    let mut c = Client::connect(gw.main());
+    for i in 0..10 {
+        let r = c.get("/x");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("ratelimit-policy"), Some("\"p\";q=10;w=3600"));
+        assert!(r
+            .header("ratelimit")
+            .unwrap()
+            .starts_with(&format!("\"p\";r={};t=", 9 - i)));
+    }
+    // Wait until the other worker has been told.
+    wait_metric(&gw, |m| {
+        m.sum("ringgate_rate_limit_sync_received_total", &[]) >= 10.0
+    });
+
+    // New connections spread over both workers: every one is refused.
+    let before = scrape(&gw);
+    for _ in 0..24 {
+        let r = get(gw.main(), "/x");
+        assert_json_error(&r, 429);
+        let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=360).contains(&retry), "{retry}");
+        assert!(r.header("ratelimit").unwrap().starts_with("\"p\";r=0;t="));
+    }
+    let after = scrape(&gw);
+    for w in ["0", "1"] {
+        let served = after.sum("ringgate_worker_requests_total", &[("worker", w)])
+            - before.sum("ringgate_worker_requests_total", &[("worker", w)]);
+        assert!(served > 0.0, "worker {w} took none of 24 connections");
+    }
+    assert_eq!(up.request_count(), 10);
+    assert_eq!(
+        after.sum("ringgate_rate_limited_total", &[("route", "all")]),
+        24.0
+    );
+    gw.wait_log(r#""event":"rate_limited""#);
+}
+
+#[test]
+fn a_burst_on_many_connections_stays_within_the_bound() {
+    let up = Upstream::named("ok");
+    // N = 20 per hour; 2 workers, burst 20: bound N + (2 - 1) * 20.
+    let gw = Gateway::start(&limited_config(
+        &up,
+        "name = \"p\"\nrate = 20\nper = \"1h\"\nkey = [\"client_ip\"]",
+    ));
+    let mut clients: Vec<Client> = (0..16).map(|_| Client::connect(gw.main())).collect();
+    let mut admitted = 0;
+    for round in 0..10 {
+        for c in clients.iter_mut() {
+            let s = c.get(&format!("/r{round}")).status;
+            assert!(s == 200 || s == 429, "{s}");
+            admitted += usize::from(s == 200);
+        }
+    }
+    assert!(
+        (20..=40).contains(&admitted),
+        "admitted {admitted} of a limit of 20"
+    );
+    // Once reconciled, both workers refuse.
+    wait_metric(&gw, |m| {
+        m.sum("ringgate_rate_limit_sync_received_total", &[]) > 0.0
+    });
+    for c in clients.iter_mut() {
+        assert_eq!(c.get("/after").status, 429);
+    }
+}
+
+#[test]
+fn distinct_keys_are_independent() {
+    let up = Upstream::named("ok");
+    let gw = Gateway::start(&limited_config(
+        &up,
+        "name = \"p\"\nrate = 2\nper = \"1h\"\nkey = [\"header:x-api-key\"]",
+    ));
+    let mut c = Client::connect(gw.main());
+    let send = |c: &mut Client, key: &str| {
+        c.request(&format!(
+            "GET / HTTP/1.1\r\nHost: t\r\nX-Api-Key: {key}\r\n\r\n"
+        ))
+        .status
+    };
+    assert_eq!(send(&mut c, "alpha"), 200);
+    assert_eq!(send(&mut c, "alpha"), 200);
+    assert_eq!(send(&mut c, "alpha"), 429);
+    assert_eq!(send(&mut c, "beta"), 200);
+    assert_eq!(send(&mut c, "beta"), 200);
+    assert_eq!(send(&mut c, "beta"), 429);
+    assert_eq!(send(&mut c, "gamma"), 200);
+    // A misconfigured reference is named at load.
+    let bad = limited_config(&up, "name = \"q\"\nrate = 2\nper = \"1h\"");
+    let err = Gateway::try_start(&bad).err().expect("refused");
+    assert!(
+        err.contains("routes[0].rate_limits[0]") && err.contains("\"p\""),
+        "{err}"
+    );
+}
