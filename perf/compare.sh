@@ -5,14 +5,15 @@
 #   perf/compare.sh [--reps N] [--duration SECONDS] [--connections N]
 #                   [--scenarios "small 16k 1m post64k newconn"] [--no-latency] [--no-idle]
 #                   [--observability] [--baseline PATH-TO-RINGGATE-BINARY]
-#                   [--ip-list N]
+#                   [--ip-list N] [--rate-limit]
 #
 # --observability adds the target ringgate-obs: the same build with the
 # access log on (to a file) besides the always-on metrics. --baseline adds
 # ringgate-base: another ringgate binary (e.g. built from an earlier commit)
 # with the plain config, for before/after comparisons in the same run. Both
 # take part in the throughput phase only. --ip-list N gives every ringgate
-# target except the baseline a global deny list file of N entries.
+# target except the baseline a global deny list file of N entries;
+# --rate-limit puts them behind a per-client policy far above the load.
 #
 # Layout (2 cores): every proxy runs ONE worker pinned to core 0; the origin
 # (nginx serving fixed bodies) and the load generator (wrk) are pinned to
@@ -50,10 +51,12 @@ IDLE=1
 EXTRA=""
 BASELINE=""
 IP_LIST=0
+RATE_LIMIT=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --observability) EXTRA="$EXTRA ringgate-obs"; shift ;;
     --ip-list) IP_LIST=$2; shift 2 ;;
+    --rate-limit) RATE_LIMIT=1; shift ;;
     --baseline) BASELINE=$(realpath "$2"); EXTRA="$EXTRA ringgate-base"; shift 2 ;;
     --no-latency) LATENCY=0; shift ;;
     --no-idle) IDLE=0; shift ;;
@@ -182,6 +185,10 @@ proxy = { cluster = "origin" }
 EOF
 # The baseline gets the plain config; the others an IP deny list if asked.
 sed -e "s/:$P_RINGGATE\"/:$P_RINGGATE_BASE\"/" "$WORK/ringgate.toml" > "$WORK/ringgate-base.toml"
+if [ "$RATE_LIMIT" = 1 ]; then
+  # The file ends with the route: its key first, then the policy table.
+  printf 'rate_limits = ["bench"]\n[[rate_limit.policies]]\nname = "bench"\nrate = 100000000\nper = "1s"\nkey = ["client_ip"]\n' >> "$WORK/ringgate.toml"
+fi
 if [ "$IP_LIST" -gt 0 ]; then
   python3 -c "
 for i in range($IP_LIST):

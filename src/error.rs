@@ -67,6 +67,10 @@ pub enum GatewayError {
     /// 503: no usable endpoint in the cluster (all ejected).
     #[error("service unavailable")]
     Unavailable,
+    /// 503: the route's concurrency cap and queue are full, or the queue
+    /// wait timed out (client-visible overload, no upstream involved).
+    #[error("overloaded")]
+    Overloaded,
     /// 504: upstream connect or response head timed out.
     #[error("gateway timeout")]
     GatewayTimeout,
@@ -91,7 +95,7 @@ impl GatewayError {
             GatewayError::UriTooLong => 414,
             GatewayError::HeadersTooLarge => 431,
             GatewayError::BadGateway => 502,
-            GatewayError::Unavailable => 503,
+            GatewayError::Unavailable | GatewayError::Overloaded => 503,
             GatewayError::GatewayTimeout => 504,
         }
     }
@@ -117,6 +121,7 @@ impl GatewayError {
             GatewayError::HeadersTooLarge => "request header fields too large",
             GatewayError::BadGateway => "upstream error",
             GatewayError::Unavailable => "no upstream available",
+            GatewayError::Overloaded => "too many requests in progress",
             GatewayError::GatewayTimeout => "upstream timeout",
         }
     }

@@ -136,3 +136,80 @@ fn distinct_keys_are_independent() {
         "{err}"
     );
 }
+
+fn capped_config(up: &Upstream, queue_timeout: &str) -> String {
+    config(
+        "epoll",
+        &format!(
+            "{}[[routes]]\nname = \"slow\"\nproxy = {{ cluster = \"c\" }}\n\
+             concurrency = {{ max_in_flight = 2, queue = 1, queue_timeout = \"{queue_timeout}\" }}\n",
+            cluster("c", &[up], "")
+        ),
+    )
+    // One worker: the cap is split over workers, and this test wants all
+    // four connections on the same one.
+    .replace("workers = 2", "workers = 1")
+}
+
+#[test]
+fn concurrency_cap_queues_then_refuses() {
+    let gate = Gate::default();
+    let up = Upstream::new(Reply::Gated(gate.clone(), Box::new(Reply::ok("done"))));
+    let gw = Gateway::start(&capped_config(&up, "30s"));
+    let get_req = "GET /work HTTP/1.1\r\nHost: t\r\n\r\n";
+
+    let mut running: Vec<Client> = (0..2).map(|_| Client::connect(gw.main())).collect();
+    for c in running.iter_mut() {
+        c.send(get_req.as_bytes());
+    }
+    up.wait_requests(2);
+    let mut queued = Client::connect(gw.main());
+    queued.send(get_req.as_bytes());
+    wait_metric(&gw, |m| {
+        m.sum("ringgate_route_queued", &[("route", "slow")]) == 1.0
+    });
+    let m = scrape(&gw);
+    assert_eq!(m.sum("ringgate_route_in_flight", &[("route", "slow")]), 2.0);
+
+    // Cap and queue full: refused at once.
+    let r = get(gw.main(), "/work");
+    assert_json_error(&r, 503);
+    assert_eq!(up.request_count(), 2);
+
+    // Slots free up: the running ones finish, the queued one runs.
+    gate.open();
+    for c in running.iter_mut() {
+        assert_eq!(c.read_response().text(), "done");
+    }
+    assert_eq!(queued.read_response().text(), "done");
+    assert_eq!(up.request_count(), 3);
+    let m = wait_metric(&gw, |m| {
+        m.sum("ringgate_route_in_flight", &[("route", "slow")]) == 0.0
+    });
+    assert_eq!(m.sum("ringgate_route_queued", &[("route", "slow")]), 0.0);
+}
+
+#[test]
+fn a_queued_request_gives_up_after_the_queue_timeout() {
+    let gate = Gate::default();
+    let up = Upstream::new(Reply::Gated(gate.clone(), Box::new(Reply::ok("done"))));
+    let gw = Gateway::start(&capped_config(&up, "200ms"));
+    let mut running: Vec<Client> = (0..2).map(|_| Client::connect(gw.main())).collect();
+    for c in running.iter_mut() {
+        c.send(b"GET /work HTTP/1.1\r\nHost: t\r\n\r\n");
+    }
+    up.wait_requests(2);
+    let started = std::time::Instant::now();
+    let r = get(gw.main(), "/work");
+    assert_json_error(&r, 503);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(190));
+    gate.open();
+    for c in running.iter_mut() {
+        assert_eq!(c.read_response().status, 200);
+    }
+    assert_eq!(
+        up.request_count(),
+        2,
+        "the timed-out request never went upstream"
+    );
+}

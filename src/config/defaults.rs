@@ -216,3 +216,6 @@ pub fn rate_limit_headers() -> bool {
 pub fn rate_limit_key() -> Vec<String> {
     vec!["client_ip".to_string()]
 }
+pub fn queue_timeout() -> Duration {
+    Duration(StdDuration::from_secs(1))
+}

@@ -346,6 +346,18 @@ impl Default for RawRateLimit {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RawConcurrency {
+    /// Requests of the route running at once (split over the workers).
+    pub max_in_flight: u32,
+    /// Requests waiting for a slot (split over the workers); 0 = none.
+    #[serde(default)]
+    pub queue: u32,
+    #[serde(default = "d::queue_timeout")]
+    pub queue_timeout: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawPolicy {
     pub name: String,
     /// Requests per `per`.
@@ -506,6 +518,8 @@ pub struct RawRoute {
     /// Names of `[[rate_limit.policies]]` applied to this route.
     #[serde(default)]
     pub rate_limits: Vec<String>,
+    /// A cap on this route's concurrent requests.
+    pub concurrency: Option<RawConcurrency>,
     /// Path properties this route accepts ("encoded_slash", "backslash",
     /// "double_encoding", "invalid_utf8").
     #[serde(default)]

@@ -278,6 +278,21 @@ fn build(c: &mut Checker<'_>, raw: RawConfig, dir: &std::path::Path) -> Config {
                 limits.truncate(crate::ratelimit::MAX_POLICIES);
             }
             r.rate_limits = limits.into();
+            if let Some(rc) = &rr.concurrency {
+                let cp = p.key("concurrency");
+                if rc.max_in_flight == 0 {
+                    c.error(&cp.key("max_in_flight"), "must be at least 1");
+                }
+                if rc.queue_timeout.0.is_zero() {
+                    c.error(&cp.key("queue_timeout"), "must be greater than zero");
+                }
+                let per_worker = |n: u32| n.div_ceil(workers as u32);
+                r.concurrency = Some(crate::ratelimit::throttle::Concurrency {
+                    max_in_flight: per_worker(rc.max_in_flight).max(1),
+                    queue: per_worker(rc.queue),
+                    queue_timeout: rc.queue_timeout.0,
+                });
+            }
             routes.push(r);
         }
     }
@@ -597,6 +612,7 @@ fn route(
         access_log_ppm: (rr.access_log_sample.clamp(0.0, 1.0) * 1e6).round() as u32,
         ignore_case: m.ignore_case,
         policy: RoutePolicy::default(),
+        concurrency: None,
         rate_limits: Box::new([]),
         host,
         path,

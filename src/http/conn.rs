@@ -538,6 +538,15 @@ async fn stages<S: Stream>(
         }
     }
 
+    // concurrency cap: the permit is held until the response is written
+    let _permit = match (route.concurrency, &snap.route_gates[route.order]) {
+        (Some(cap), Some(gate)) => match gate.enter(cap).await {
+            Ok(permit) => Some(permit),
+            Err(_) => return respond_error(d, GatewayError::Overloaded, id, keep).await,
+        },
+        _ => None,
+    };
+
     // request validation
     if let Some(rules) = &policy.validate {
         let view = RequestView {

@@ -78,6 +78,10 @@ pub mod names {
     /// Counter: admissions this worker learned from the others, by `worker`
     /// (rate-limit reconciliation at work).
     pub const RATE_SYNC_RECEIVED: &str = "ringgate_rate_limit_sync_received_total";
+    /// Gauge: requests of a concurrency-capped route running, by `route`.
+    pub const ROUTE_IN_FLIGHT: &str = "ringgate_route_in_flight";
+    /// Gauge: requests waiting for a slot of a capped route, by `route`.
+    pub const ROUTE_QUEUED: &str = "ringgate_route_queued";
     /// Counter: requests refused by a rate-limit policy, by `route`.
     pub const RATE_LIMITED: &str = "ringgate_rate_limited_total";
     /// Counter: config reloads, by `result` (`ok`, `refused`).
@@ -375,6 +379,8 @@ pub struct WorkerReport {
     pub connections: u64,
     pub requests: u64,
     pub rate_sync_received: u64,
+    /// `(route, in flight, queued)` of concurrency-capped routes.
+    pub gates: Vec<(Arc<str>, u64, u64)>,
     pub routes: Named<RouteReport>,
     pub clusters: Named<ClusterReport>,
     pub endpoints: Vec<EndpointReport>,
@@ -485,6 +491,27 @@ fn emit(reports: &[WorkerReport], process: &ProcessFigures) {
                 *s += e;
             }
         }
+    }
+
+    describe_gauge!(
+        names::ROUTE_IN_FLIGHT,
+        "Requests of a capped route running."
+    );
+    describe_gauge!(
+        names::ROUTE_QUEUED,
+        "Requests waiting for a slot of a capped route."
+    );
+    let mut gates: BTreeMap<Arc<str>, (u64, u64)> = BTreeMap::new();
+    for w in reports {
+        for (route, running, queued) in &w.gates {
+            let g = gates.entry(route.clone()).or_default();
+            g.0 += running;
+            g.1 += queued;
+        }
+    }
+    for (route, (running, queued)) in &gates {
+        gauge!(names::ROUTE_IN_FLIGHT, "route" => route.to_string()).set(*running as f64);
+        gauge!(names::ROUTE_QUEUED, "route" => route.to_string()).set(*queued as f64);
     }
 
     describe_counter!(names::UPSTREAM_OPENED, "Upstream connections opened.");

@@ -3,6 +3,7 @@
 //! a stated bound.
 //!
 //! - `gcra.rs`: the algorithm and the fixed-size per-worker table.
+//! - `throttle.rs`: per-route concurrency caps with a bounded FIFO queue.
 //! - this file: policies as configured ([`Policy`]), the request key, the
 //!   per-worker [`Limiter`] and the cross-core reconciliation.
 //!
@@ -25,6 +26,7 @@
 //! hitting both cores at once, and about 2 per interval in steady state.
 
 pub mod gcra;
+pub mod throttle;
 
 use std::cell::RefCell;
 use std::collections::HashMap;

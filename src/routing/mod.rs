@@ -138,6 +138,8 @@ pub struct Route {
     pub ignore_case: bool,
     /// IP filter, header policy, CORS, validation, path opt-ins.
     pub policy: crate::security::RoutePolicy,
+    /// Concurrency cap, per worker.
+    pub concurrency: Option<crate::ratelimit::throttle::Concurrency>,
     /// Rate-limit policies, all of which must admit a request.
     pub rate_limits: Box<[std::sync::Arc<crate::ratelimit::Policy>]>,
     pub host: HostMatch,

@@ -34,6 +34,7 @@ use crate::observability::metrics::{
 };
 use crate::observability::trace_context::TraceIds;
 use crate::observability::Logs;
+use crate::ratelimit::throttle::Gate;
 use crate::upstream::Upstreams;
 
 /// What a worker serves from: the config and the state built for it.
@@ -42,21 +43,35 @@ pub struct Snapshot {
     pub upstreams: Upstreams,
     /// Counters of each route, indexed by `Route::order`.
     pub route_stats: Box<[Rc<RouteStats>]>,
+    /// Concurrency gates of capped routes, indexed by `Route::order`.
+    pub route_gates: Box<[Option<Rc<Gate>>]>,
 }
 
+/// Gates by route name: in-flight counts survive reloads.
+type Gates = RefCell<std::collections::BTreeMap<Box<str>, Rc<Gate>>>;
+
 impl Snapshot {
-    fn new(config: Arc<Config>, id: usize, stats: &WorkerStats) -> Self {
+    fn new(config: Arc<Config>, id: usize, stats: &WorkerStats, gates: &Gates) -> Self {
         let upstreams = Upstreams::new(&config, id as u64, stats);
-        let route_stats = config
-            .router
-            .routes()
+        let routes = config.router.routes();
+        let route_stats = routes.iter().map(|r| stats.route(&r.name)).collect();
+        let route_gates = routes
             .iter()
-            .map(|r| stats.route(&r.name))
+            .map(|r| {
+                r.concurrency.map(|_| {
+                    gates
+                        .borrow_mut()
+                        .entry(r.name.clone())
+                        .or_default()
+                        .clone()
+                })
+            })
             .collect();
         Self {
             config,
             upstreams,
             route_stats,
+            route_gates,
         }
     }
 }
@@ -85,12 +100,14 @@ pub struct WorkerCtx {
     peers: RefCell<Vec<async_channel::Sender<Control>>>,
     /// Origin of the rate limiter's nanosecond clock.
     epoch: Instant,
+    gates: Gates,
 }
 
 impl WorkerCtx {
     pub fn new(id: usize, config: Arc<Config>, logs: &Logs) -> Self {
         let stats = WorkerStats::default();
-        let snapshot = Snapshot::new(config.clone(), id, &stats);
+        let gates = Gates::default();
+        let snapshot = Snapshot::new(config.clone(), id, &stats, &gates);
         let request_ids = RequestIds::new(id);
         let trace_seed = crate::upstream::balancer::hash(request_ids.generate().as_bytes());
         let access_log = logs
@@ -117,6 +134,7 @@ impl WorkerCtx {
             limiter: crate::ratelimit::Limiter::new(config.rate_limit.table_size, config.workers),
             peers: RefCell::new(Vec::new()),
             epoch: Instant::now(),
+            gates,
         }
     }
 
@@ -133,7 +151,7 @@ impl WorkerCtx {
     /// Installs a new config. In-flight requests finish on the old snapshot,
     /// whose pools close when the last of them is done.
     pub fn install(&self, config: Arc<Config>) {
-        let snapshot = Snapshot::new(config, self.id, &self.stats);
+        let snapshot = Snapshot::new(config, self.id, &self.stats, &self.gates);
         *self.snapshot.borrow_mut() = Rc::new(snapshot);
     }
 
@@ -155,7 +173,24 @@ impl WorkerCtx {
                 })
             })
             .collect();
+        let gates = snap
+            .config
+            .router
+            .routes()
+            .iter()
+            .zip(snap.route_gates.iter())
+            .filter_map(|(r, g)| {
+                g.as_ref().map(|g| {
+                    (
+                        Arc::from(&*r.name),
+                        u64::from(g.in_flight()),
+                        g.queued() as u64,
+                    )
+                })
+            })
+            .collect();
         WorkerReport {
+            gates,
             worker: self.id,
             driver: driver.name(),
             connections: self.conns.active() as u64,
