@@ -94,6 +94,7 @@ fn a_burst_on_many_connections_stays_within_the_bound() {
             admitted += usize::from(s == 200);
         }
     }
+    eprintln!("admitted {admitted} of a limit of 20 (bound 40)");
     assert!(
         (20..=40).contains(&admitted),
         "admitted {admitted} of a limit of 20"
