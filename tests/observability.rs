@@ -416,19 +416,6 @@ fn libc_o_nonblock() -> i32 {
     0o4000
 }
 
-/// Scrapes until `ok` holds (counters that move off the request path).
-fn wait_metric(gw: &Gateway, ok: impl Fn(&Metrics) -> bool) -> Metrics {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let m = scrape(gw);
-        if ok(&m) {
-            return m;
-        }
-        assert!(std::time::Instant::now() < deadline, "{}", m.text);
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn audit_log_records_reloads_and_admin_calls() {
     let up = api_upstream();

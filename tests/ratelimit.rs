@@ -17,19 +17,6 @@ fn limited_config(up: &Upstream, policy: &str) -> String {
     )
 }
 
-/// Scrapes until `ok` holds (reconciliation runs off the request path).
-fn wait_metric(gw: &Gateway, ok: impl Fn(&Metrics) -> bool) -> Metrics {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let m = scrape(gw);
-        if ok(&m) {
-            return m;
-        }
-        assert!(std::time::Instant::now() < deadline, "{}", m.text);
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn one_limit_across_both_workers() {
     let up = Upstream::named("ok");

@@ -179,29 +179,12 @@ impl Validate {
             }
         }
         for rule in self.query.iter() {
-            let mut seen = false;
-            for param in query.split(|&b| b == b'&') {
-                let (name, value) = match param.iter().position(|&b| b == b'=') {
-                    Some(i) => (&param[..i], &param[i + 1..]),
-                    None => (param, &b""[..]),
-                };
-                if name != &*rule.name {
-                    continue;
-                }
-                seen = true;
-                decode_query_value(value, scratch);
-                let Ok(text) = std::str::from_utf8(scratch) else {
-                    return Err(GatewayError::InvalidQuery);
-                };
-                if rule
-                    .max_length
-                    .is_some_and(|max| text.chars().count() > max)
-                    || rule.pattern.as_ref().is_some_and(|p| !p.is_match(text))
-                {
-                    return Err(GatewayError::InvalidQuery);
-                }
-            }
-            if rule.required && !seen {
+            let ok = check_query_param(query, &rule.name, rule.required, scratch, |text| {
+                rule.max_length
+                    .is_none_or(|max| text.chars().count() <= max)
+                    && rule.pattern.as_ref().is_none_or(|p| p.is_match(text))
+            });
+            if !ok {
                 return Err(GatewayError::InvalidQuery);
             }
         }
@@ -218,23 +201,10 @@ impl Validate {
                     }
                 },
                 ParamIn::Query => {
-                    let mut seen = false;
-                    for param in query.split(|&b| b == b'&') {
-                        let (name, value) = match param.iter().position(|&b| b == b'=') {
-                            Some(i) => (&param[..i], &param[i + 1..]),
-                            None => (param, &b""[..]),
-                        };
-                        if name != &*rule.name {
-                            continue;
-                        }
-                        seen = true;
-                        decode_query_value(value, scratch);
-                        let ok = std::str::from_utf8(scratch).is_ok_and(|t| rule.accepts(t));
-                        if !ok {
-                            return Err(GatewayError::InvalidQuery);
-                        }
-                    }
-                    if rule.required && !seen {
+                    let ok = check_query_param(query, &rule.name, rule.required, scratch, |t| {
+                        rule.accepts(t)
+                    });
+                    if !ok {
                         return Err(GatewayError::InvalidQuery);
                     }
                 }
@@ -247,6 +217,33 @@ impl Validate {
     pub fn allow(&self) -> &[u8] {
         self.methods.as_ref().map_or(&b""[..], |(_, a)| a)
     }
+}
+
+/// Whether every occurrence of query parameter `name` passes `accepts`
+/// (after decoding, as UTF-8), and one occurs when `required`.
+fn check_query_param(
+    query: &[u8],
+    name: &[u8],
+    required: bool,
+    scratch: &mut Vec<u8>,
+    accepts: impl Fn(&str) -> bool,
+) -> bool {
+    let mut seen = false;
+    for param in query.split(|&b| b == b'&') {
+        let (n, value) = match param.iter().position(|&b| b == b'=') {
+            Some(i) => (&param[..i], &param[i + 1..]),
+            None => (param, &b""[..]),
+        };
+        if n != name {
+            continue;
+        }
+        seen = true;
+        decode_query_value(value, scratch);
+        if !std::str::from_utf8(scratch).is_ok_and(&accepts) {
+            return false;
+        }
+    }
+    seen || !required
 }
 
 /// `application/x-www-form-urlencoded` value decoding into `out`; an invalid

@@ -891,6 +891,21 @@ impl Metrics {
     }
 }
 
+/// Scrapes until `ok` holds, for figures that move off the request path
+/// (log writers, reconciliation, queues).
+pub fn wait_metric(gw: &Gateway, ok: impl Fn(&Metrics) -> bool) -> Metrics {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let m = scrape(gw);
+        if ok(&m) {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "{}", m.text);
+        // Metrics have no blocking wait-for-change API; poll them.
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Waits until `path` holds at least `n` lines; returns them.
 pub fn wait_file_lines(path: &std::path::Path, n: usize) -> Vec<String> {
     let deadline = Instant::now() + WAIT;
