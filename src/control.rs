@@ -232,11 +232,12 @@ fn reload(path: &Path, handles: &[WorkerHandle], current: &mut Arc<Config>, logs
         || new.access_log.batch_bytes != current.access_log.batch_bytes;
     if listeners_changed
         || logs_changed
+        || new.rate_limit.table_size != current.rate_limit.table_size
         || new.workers != current.workers
         || new.admin != current.admin
     {
         tracing::warn!(
-            "listeners, workers, admin address and log destinations change only on restart; the rest is reloaded"
+            "listeners, workers, admin address, log destinations and the rate-limit table size change only on restart; the rest is reloaded"
         );
     }
     let new = Arc::new(new);
