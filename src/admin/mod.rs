@@ -40,6 +40,7 @@ use crate::observability::access_log::{field_str, field_u64};
 use crate::observability::latency;
 use crate::observability::metrics::{merge_routes, Exporter, ProcessFigures, WorkerReport};
 use crate::observability::Logs;
+use crate::security::validate::decode_query_value;
 use crate::sys::AllocCounter;
 use crate::worker::Control;
 
@@ -317,24 +318,8 @@ fn query_param(query: &[u8], name: &str) -> Option<String> {
 }
 
 fn percent_decode(v: &[u8]) -> String {
-    let hex = |b: u8| (b as char).to_digit(16);
     let mut out = Vec::with_capacity(v.len());
-    let mut i = 0;
-    while i < v.len() {
-        match v[i] {
-            b'%' if i + 2 < v.len() => match (hex(v[i + 1]), hex(v[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push((h * 16 + l) as u8);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
+    decode_query_value(v, &mut out);
     String::from_utf8_lossy(&out).into_owned()
 }
 

@@ -29,7 +29,7 @@ use super::head::{
     parse_response, trim, Framing, Method, Parse, RequestView, ResponseHead, Version,
 };
 use super::io::{read_into, write_all, ReadError, Stream};
-use super::response::{push_u64, RequestId};
+use super::response::{push_field, push_ip, push_u64, RequestId};
 use crate::error::GatewayError;
 use crate::observability::metrics::UpstreamErrorKind;
 use crate::routing::{ProxyAction, Route};
@@ -510,23 +510,6 @@ fn is_hop_by_hop<'a>(name: &[u8], mut connection_values: impl Iterator<Item = &'
         })
 }
 
-fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
-    use std::io::Write;
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    };
-    // Writing into a Vec cannot fail.
-    let _ = write!(out, "{ip}");
-}
-
 /// What the upstream request head is built from, besides the request itself.
 pub struct UpstreamHead<'a> {
     /// The normalised path (the route's prefix rewrite applies to it).
@@ -576,8 +559,8 @@ pub fn render_request_head(out: &mut Vec<u8>, view: RequestView<'_>, up: &Upstre
 
     let client_host = view.host();
     match (&action.host_rewrite, client_host) {
-        (Some(h), _) => push_header(out, b"host", h),
-        (None, Some(h)) if !h.is_empty() => push_header(out, b"host", h),
+        (Some(h), _) => push_field(out, b"host", h),
+        (None, Some(h)) if !h.is_empty() => push_field(out, b"host", h),
         (None, _) => {
             use std::io::Write;
             let _ = write!(out, "host: {endpoint}\r\n");
@@ -603,10 +586,10 @@ pub fn render_request_head(out: &mut Vec<u8>, view: RequestView<'_>, up: &Upstre
         {
             continue;
         }
-        push_header(out, name, h.value.get(view.buf));
+        push_field(out, name, h.value.get(view.buf));
     }
     if let Some(t) = up.traceparent {
-        push_header(out, b"traceparent", t);
+        push_field(out, b"traceparent", t);
     }
     // X-Forwarded-For: the client's list (several fields are one list, RFC
     // 9110 5.3) followed by the peer address.
@@ -618,9 +601,9 @@ pub fn render_request_head(out: &mut Vec<u8>, view: RequestView<'_>, up: &Upstre
     push_ip(out, up.peer);
     out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
     if let Some(h) = client_host {
-        push_header(out, b"x-forwarded-host", h);
+        push_field(out, b"x-forwarded-host", h);
     }
-    push_header(out, b"x-request-id", id.as_bytes());
+    push_field(out, b"x-request-id", id.as_bytes());
     match view.head.framing {
         Framing::Length(n) => {
             out.extend_from_slice(b"content-length: ");
@@ -679,7 +662,7 @@ fn copy_response_fields(
         {
             continue;
         }
-        push_header(out, name, h.value.get(buf));
+        push_field(out, name, h.value.get(buf));
     }
 }
 
@@ -732,7 +715,7 @@ fn write_response_head<S: Stream>(
         }
         _ => {}
     }
-    push_header(out, b"x-request-id", id.as_bytes());
+    push_field(out, b"x-request-id", id.as_bytes());
     if via {
         out.extend_from_slice(b"via: 1.1 ringgate\r\n");
     }

@@ -71,6 +71,39 @@ pub fn hex16(out: &mut [u8], v: u64) {
     }
 }
 
+/// Appends one `name: value` header line.
+pub fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends an address: IPv4 (and IPv4-mapped IPv6) as dotted digits written
+/// directly, since `fmt` is slow per octet and this runs per request; other
+/// IPv6 through `Display` for its zero compression.
+pub fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
+    use std::net::IpAddr;
+    let v4 = match ip {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped(),
+    };
+    match (v4, ip) {
+        (Some(v4), _) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_u64(out, u64::from(octet));
+            }
+        }
+        (None, v6) => {
+            use std::io::Write;
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
 /// Appends a decimal number.
 pub fn push_u64(out: &mut Vec<u8>, v: u64) {
     let mut digits = [0u8; 20];
@@ -323,6 +356,16 @@ mod tests {
         assert_ne!(a.as_bytes(), b.as_bytes());
         assert_eq!(a.as_bytes().len(), 32);
         assert!(a.as_bytes().iter().all(u8::is_ascii_hexdigit));
+    }
+
+    #[test]
+    fn addresses() {
+        let mut out = Vec::new();
+        for ip in ["2001:db8::1", "10.200.3.4", "::ffff:192.0.2.9"] {
+            push_ip(&mut out, ip.parse().unwrap());
+            out.push(b' ');
+        }
+        assert_eq!(out, b"2001:db8::1 10.200.3.4 192.0.2.9 ");
     }
 
     #[test]

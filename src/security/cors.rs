@@ -14,6 +14,7 @@
 //! arbitrary `Origin` is never reflected on a credentialed response.
 
 use crate::http::head::Method;
+use crate::http::response::push_field;
 use crate::routing::MethodSet;
 
 #[derive(Debug, Clone)]
@@ -173,9 +174,9 @@ impl Cors {
             return false;
         }
         self.origin_fields(origin, out);
-        field(out, b"access-control-allow-methods", &self.allow_methods);
+        push_field(out, b"access-control-allow-methods", &self.allow_methods);
         if !self.allow_headers_value.is_empty() {
-            field(
+            push_field(
                 out,
                 b"access-control-allow-headers",
                 &self.allow_headers_value,
@@ -194,28 +195,21 @@ impl Cors {
         }
         self.origin_fields(origin, out);
         if !self.expose.is_empty() {
-            field(out, b"access-control-expose-headers", &self.expose);
+            push_field(out, b"access-control-expose-headers", &self.expose);
         }
     }
 
     fn origin_fields(&self, origin: &[u8], out: &mut Vec<u8>) {
         if self.any_origin && !self.credentials {
-            field(out, b"access-control-allow-origin", b"*");
+            push_field(out, b"access-control-allow-origin", b"*");
         } else {
-            field(out, b"access-control-allow-origin", origin);
-            field(out, b"vary", b"Origin");
+            push_field(out, b"access-control-allow-origin", origin);
+            push_field(out, b"vary", b"Origin");
         }
         if self.credentials {
-            field(out, b"access-control-allow-credentials", b"true");
+            push_field(out, b"access-control-allow-credentials", b"true");
         }
     }
-}
-
-fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]

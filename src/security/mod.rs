@@ -28,6 +28,8 @@ pub mod validate;
 use std::net::IpAddr;
 
 use ipset::IpSet;
+
+use crate::http::response::push_field;
 use path::Anomalies;
 
 /// Allow and deny lists. Deny wins; with an allow list, everything not on
@@ -82,13 +84,6 @@ impl HeaderPolicy {
             }
         }
     }
-}
-
-fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Everything a route adds to the global protections.

@@ -248,7 +248,7 @@ fn check_query_param(
 
 /// `application/x-www-form-urlencoded` value decoding into `out`; an invalid
 /// escape is kept as is.
-fn decode_query_value(v: &[u8], out: &mut Vec<u8>) {
+pub fn decode_query_value(v: &[u8], out: &mut Vec<u8>) {
     out.clear();
     let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
     let mut i = 0;
