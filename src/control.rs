@@ -95,18 +95,28 @@ pub fn run(config_path: PathBuf, config: Config) -> Result<(), StartError> {
     }
     let driver = drivers.first().map_or("none", |d| d.name());
     state.set_workers(handles.iter().map(|h| h.control.clone()).collect());
-    // Each worker learns the others, for rate-limit reconciliation.
-    if handles.len() > 1 {
+    // Each worker learns the others and the cluster store, for rate-limit
+    // reconciliation.
+    let store = match &config.rate_limit.redis {
+        Some(cfg) => Some(start_store(cfg, &config, &handles, &state, &logs)?),
+        None => None,
+    };
+    if handles.len() > 1 || store.is_some() {
         for (i, h) in handles.iter().enumerate() {
-            let peers = handles
+            let workers = handles
                 .iter()
                 .enumerate()
                 .filter(|(j, _)| *j != i)
                 .map(|(_, p)| p.control.clone())
                 .collect();
+            let peers = worker::Peers {
+                workers,
+                store: store.clone(),
+            };
             let _ = h.control.send_blocking(Control::Peers(peers));
         }
     }
+    drop(store);
     // Readiness first: whoever acts on the log line must find /readyz ready.
     state.ready.store(true, Ordering::Release);
     tracing::info!(workers = handles.len(), driver, "ready");
@@ -144,6 +154,49 @@ pub fn run(config_path: PathBuf, config: Config) -> Result<(), StartError> {
     logs.close();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Starts the cluster store's sync thread; returns where workers report
+/// their admissions. The first sync runs before the workers hear of it, so
+/// a gateway failing closed refuses from its first request when the store
+/// is down at start.
+fn start_store(
+    cfg: &crate::ratelimit::cluster::StoreConfig,
+    config: &Config,
+    handles: &[WorkerHandle],
+    state: &AdminState,
+    logs: &Arc<Logs>,
+) -> Result<mpsc::SyncSender<crate::ratelimit::Deltas>, StartError> {
+    use crate::ratelimit::cluster::{Store, StoreReport};
+    let mut store = Store::new(
+        cfg.clone(),
+        config.rate_limit.sync_interval,
+        state.store.clone(),
+    )
+    .map_err(StartError::Worker)?;
+    tracing::info!(store = %store.target(), failure = ?cfg.failure, "rate limits shared through Redis");
+    let workers: Vec<_> = handles.iter().map(|h| h.control.clone()).collect();
+    let logs = logs.clone();
+    let publish = move |report: StoreReport| {
+        if let StoreReport::Refuse(refuse) = report {
+            logs.audit("rate_limit_store", |l| {
+                field_str(l, "state", if refuse { b"refusing" } else { b"serving" });
+            });
+        }
+        for w in &workers {
+            let _ = w.try_send(match &report {
+                StoreReport::Ahead(a) => Control::RateAhead(a.clone()),
+                StoreReport::Refuse(r) => Control::RateRefuse(*r),
+            });
+        }
+    };
+    store.sync(&publish);
+    // Room for a few intervals of every worker's reports.
+    let (tx, rx) = mpsc::sync_channel(16 * handles.len().max(1));
+    std::thread::Builder::new()
+        .name("ringgate-ratelimit-sync".into())
+        .spawn(move || store.run(rx, publish))?;
+    Ok(tx)
 }
 
 /// The list files a config read and how often to check them.
@@ -233,11 +286,12 @@ fn reload(path: &Path, handles: &[WorkerHandle], current: &mut Arc<Config>, logs
     if listeners_changed
         || logs_changed
         || new.rate_limit.table_size != current.rate_limit.table_size
+        || new.rate_limit.redis != current.rate_limit.redis
         || new.workers != current.workers
         || new.admin != current.admin
     {
         tracing::warn!(
-            "listeners, workers, admin address, log destinations and the rate-limit table size change only on restart; the rest is reloaded"
+            "listeners, workers, admin address, log destinations, the rate-limit table size and [rate_limit.redis] change only on restart; the rest is reloaded"
         );
     }
     let new = Arc::new(new);

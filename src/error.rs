@@ -71,6 +71,10 @@ pub enum GatewayError {
     /// wait timed out (client-visible overload, no upstream involved).
     #[error("overloaded")]
     Overloaded,
+    /// 503: the route is rate limited, the shared rate-limit store is down
+    /// and `rate_limit.redis.failure = "closed"`.
+    #[error("rate limit store unavailable")]
+    RateLimitUnavailable,
     /// 504: upstream connect or response head timed out.
     #[error("gateway timeout")]
     GatewayTimeout,
@@ -95,7 +99,9 @@ impl GatewayError {
             GatewayError::UriTooLong => 414,
             GatewayError::HeadersTooLarge => 431,
             GatewayError::BadGateway => 502,
-            GatewayError::Unavailable | GatewayError::Overloaded => 503,
+            GatewayError::Unavailable
+            | GatewayError::Overloaded
+            | GatewayError::RateLimitUnavailable => 503,
             GatewayError::GatewayTimeout => 504,
         }
     }
@@ -122,6 +128,7 @@ impl GatewayError {
             GatewayError::BadGateway => "upstream error",
             GatewayError::Unavailable => "no upstream available",
             GatewayError::Overloaded => "too many requests in progress",
+            GatewayError::RateLimitUnavailable => "rate limiting unavailable",
             GatewayError::GatewayTimeout => "upstream timeout",
         }
     }

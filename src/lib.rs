@@ -10,7 +10,8 @@
 //!   (`proxy`), gateway-made responses (`response`).
 //! - `routing`: the compiled route table.
 //! - `upstream`: clusters, balancers, keep-alive pools, passive health.
-//! - `ratelimit`: GCRA policies, per-worker tables, cross-core sync.
+//! - `ratelimit`: GCRA policies, per-worker tables, cross-core sync, the
+//!   Redis-backed cluster mode.
 //! - `security`: path normalisation, client address behind trusted proxies,
 //!   IP allow/deny lists, response header policy, CORS, request validation.
 //! - `admin`: the admin listener (`/healthz`, `/readyz`, `/metrics`,

@@ -521,9 +521,13 @@ fn dashboard_queries_only_exported_metrics() {
     assert!(parsed["panels"].as_array().is_some_and(|p| p.len() >= 8));
 
     let up = api_upstream();
-    let gw = Gateway::start(&config("io_uring", &routes(&up, "")));
+    // A store that is never there: cluster mode's series are exported too
+    // (and fail-open routing goes on).
+    let store = "[rate_limit.redis]\nurl = \"unix:///nonexistent/ringgate.sock\"\n\n";
+    let gw = Gateway::start(&config("io_uring", &format!("{store}{}", routes(&up, ""))));
     assert_eq!(get(gw.main(), "/api/x").status, 200);
     let m = scrape(&gw);
+    assert_eq!(m.sum("ringgate_rate_limit_store_up", &[]), 0.0);
 
     let mut queried = Vec::new();
     let bytes = dashboard.as_bytes();

@@ -201,3 +201,117 @@ fn a_queued_request_gives_up_after_the_queue_timeout() {
         "the timed-out request never went upstream"
     );
 }
+
+/// Sends `count` requests with keys `prefix-0..` pipelined on one
+/// connection (a writer and a reader thread) and returns how many were
+/// answered 200 and 429.
+fn flood(addr: std::net::SocketAddr, prefix: &str, count: usize) -> (usize, usize) {
+    use std::io::{Read, Write};
+    let stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let prefix = prefix.to_string();
+    let sender = std::thread::spawn(move || {
+        let mut batch = Vec::with_capacity(64 * 1024);
+        for i in 0..count {
+            write!(
+                batch,
+                "GET /f HTTP/1.1\r\nHost: t\r\nX-Key: {prefix}-{i}\r\n\r\n"
+            )
+            .unwrap();
+            if batch.len() > 60 * 1024 {
+                writer.write_all(&batch).unwrap();
+                batch.clear();
+            }
+        }
+        batch.extend_from_slice(
+            b"GET /f HTTP/1.1\r\nHost: t\r\nX-Key: last\r\nConnection: close\r\n\r\n",
+        );
+        writer.write_all(&batch).unwrap();
+    });
+    // Counts status lines across reads (a line may straddle two).
+    let (mut ok, mut limited) = (0, 0);
+    let mut reader = stream;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut carry: Vec<u8> = Vec::new();
+    loop {
+        let n = reader.read(&mut buf).expect("flood response");
+        if n == 0 {
+            break;
+        }
+        carry.extend_from_slice(&buf[..n]);
+        let mut start = 0;
+        while let Some(at) = carry[start..]
+            .windows(12)
+            .position(|w| w.starts_with(b"HTTP/1.1 "))
+        {
+            match &carry[start + at + 9..start + at + 12] {
+                b"200" => ok += 1,
+                b"429" => limited += 1,
+                other => panic!("status {}", String::from_utf8_lossy(other)),
+            }
+            start += at + 12;
+        }
+        let keep = carry.len().saturating_sub(11).max(start);
+        carry.drain(..keep);
+    }
+    sender.join().unwrap();
+    // The final request (key "last") is one of the 200s.
+    (ok - 1, limited)
+}
+
+#[test]
+fn a_million_distinct_keys_stay_within_the_table() {
+    // 65,536 slots of 16 bytes per worker: 1 MiB each, allocated at start.
+    let gw = Gateway::start(&config(
+        "io_uring",
+        "[rate_limit]\ntable_size = 65536\n\n\
+         [[rate_limit.policies]]\nname = \"p\"\nrate = 1\nper = \"1h\"\nkey = [\"header:x-key\"]\n\n\
+         [[routes]]\nname = \"all\"\nrate_limits = [\"p\"]\nrespond = { status = 200, body = \"ok\" }\n",
+    ));
+    // A limited client, on both workers.
+    let mut victim = Client::connect(gw.main());
+    let send = |c: &mut Client| {
+        c.request("GET / HTTP/1.1\r\nHost: t\r\nX-Key: victim\r\n\r\n")
+            .status
+    };
+    assert_eq!(send(&mut victim), 200);
+    assert_eq!(send(&mut victim), 429);
+    wait_metric(&gw, |m| {
+        m.sum("ringgate_rate_limit_sync_received_total", &[]) >= 1.0
+    });
+    let before = gw.rss();
+
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let addr = gw.main();
+            std::thread::spawn(move || flood(addr, &format!("k{t}"), 250_000))
+        })
+        .collect();
+    let (mut ok, mut limited) = (0, 0);
+    for t in threads {
+        let (o, l) = t.join().unwrap();
+        ok += o;
+        limited += l;
+    }
+    let after = gw.rss();
+    let grown = after.saturating_sub(before);
+    eprintln!(
+        "1,000,000 keys: {ok} admitted, {limited} sharing a limited slot; RSS {} -> {} KiB",
+        before / 1024,
+        after / 1024
+    );
+    assert_eq!(ok + limited, 1_000_000);
+    // The tables (2 MiB) plus the per-interval exchange buffers; nothing
+    // per key beyond the table.
+    assert!(grown < 16 << 20, "RSS grew by {} KiB", grown / 1024);
+    // Eviction never freed the limited client, on either worker.
+    assert_eq!(send(&mut victim), 429);
+    for _ in 0..4 {
+        let r = request(
+            gw.main(),
+            "GET / HTTP/1.1\r\nHost: t\r\nX-Key: victim\r\n\r\n",
+        );
+        assert_eq!(r.status, 429);
+    }
+}

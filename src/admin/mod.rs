@@ -53,6 +53,8 @@ pub struct AdminState {
     workers: OnceLock<Vec<async_channel::Sender<Control>>>,
     pub reloads_ok: AtomicU64,
     pub reloads_refused: AtomicU64,
+    /// The cluster store's sync figures (all zero when not configured).
+    pub store: Arc<crate::ratelimit::cluster::StoreFigures>,
     logs: Arc<Logs>,
 }
 
@@ -64,6 +66,7 @@ impl AdminState {
             workers: OnceLock::new(),
             reloads_ok: AtomicU64::new(0),
             reloads_refused: AtomicU64::new(0),
+            store: Arc::default(),
             logs,
         }
     }
@@ -210,11 +213,15 @@ async fn route(req: &RequestView<'_>, state: &AdminState, exporter: &Exporter) -
         }
         b"/readyz" => (503, JSON, r#"{"status":"not ready"}"#.into()),
         b"/metrics" => {
+            // Read before collecting: a message the sync thread sent to the
+            // workers before moving a figure is then answered for too.
+            let store = state.store.snapshot();
             let reports = collect(state).await;
             let process = ProcessFigures {
                 reloads_ok: state.reloads_ok.load(Ordering::Relaxed),
                 reloads_refused: state.reloads_refused.load(Ordering::Relaxed),
                 logs: state.logs.figures(),
+                store,
             };
             (200, PROMETHEUS, exporter.render(&reports, &process).into())
         }

@@ -213,6 +213,15 @@ pub fn rate_limit_table_size() -> u32 {
 pub fn rate_limit_headers() -> bool {
     true
 }
+pub fn redis_failure() -> String {
+    "open".into()
+}
+pub fn redis_timeout() -> Duration {
+    Duration(StdDuration::from_millis(250))
+}
+pub fn redis_key_prefix() -> String {
+    "ringgate:rl:".into()
+}
 pub fn rate_limit_key() -> Vec<String> {
     vec!["client_ip".to_string()]
 }

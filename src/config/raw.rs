@@ -331,6 +331,8 @@ pub struct RawRateLimit {
     pub headers: bool,
     #[serde(default)]
     pub policies: Vec<RawPolicy>,
+    /// Cluster mode: share the counts with other instances through Redis.
+    pub redis: Option<RawRedis>,
 }
 
 impl Default for RawRateLimit {
@@ -340,8 +342,24 @@ impl Default for RawRateLimit {
             table_size: d::rate_limit_table_size(),
             headers: d::rate_limit_headers(),
             policies: Vec::new(),
+            redis: None,
         }
     }
+}
+
+/// `[rate_limit.redis]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    /// `redis://[user:password@]host:port[/db]` or `unix:///path`.
+    pub url: String,
+    /// "open" (limits per instance while Redis is down) or "closed" (503).
+    #[serde(default = "d::redis_failure")]
+    pub failure: String,
+    #[serde(default = "d::redis_timeout")]
+    pub timeout: Duration,
+    #[serde(default = "d::redis_key_prefix")]
+    pub key_prefix: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -443,6 +443,9 @@ async fn stages<S: Stream>(
     // rate limits
     if !route.rate_limits.is_empty() {
         use crate::ratelimit::{render_fields, Verdict};
+        if ctx.limiter.refusing() {
+            return respond_error(d, GatewayError::RateLimitUnavailable, id, keep).await;
+        }
         let view = RequestView {
             head: &d.head,
             buf: &d.rbuf[d.start..],

@@ -84,6 +84,15 @@ pub mod names {
     pub const ROUTE_QUEUED: &str = "ringgate_route_queued";
     /// Counter: requests refused by a rate-limit policy, by `route`.
     pub const RATE_LIMITED: &str = "ringgate_rate_limited_total";
+    /// Gauge: 1 while the last sync with the cluster store (Redis)
+    /// succeeded; only exported in cluster mode.
+    pub const RATE_STORE_UP: &str = "ringgate_rate_limit_store_up";
+    /// Counter: syncs with the cluster store, by `result` (`ok`, `error`).
+    pub const RATE_STORE_SYNCS: &str = "ringgate_rate_limit_store_syncs_total";
+    /// Counter: rate-limit keys exchanged with the cluster store, by
+    /// `direction` (`pushed`, `received`, `dropped`: not shared because the
+    /// store was down or the interval's batch was full).
+    pub const RATE_STORE_KEYS: &str = "ringgate_rate_limit_store_keys_total";
     /// Counter: config reloads, by `result` (`ok`, `refused`).
     pub const CONFIG_RELOADS: &str = "ringgate_config_reloads_total";
     /// Counter: log lines dropped because the writer fell behind, by `log`
@@ -403,6 +412,7 @@ pub struct ProcessFigures {
     pub reloads_refused: u64,
     /// `(log, written, dropped)`.
     pub logs: Vec<(&'static str, u64, u64)>,
+    pub store: crate::ratelimit::cluster::StoreSnapshot,
 }
 
 /// The admin thread's recorder: the facade's counters and gauges land here.
@@ -543,6 +553,29 @@ fn emit(reports: &[WorkerReport], process: &ProcessFigures) {
     for &(log, written, dropped) in &process.logs {
         counter!(names::LOG_LINES, "log" => log).absolute(written);
         counter!(names::LOG_DROPPED, "log" => log).absolute(dropped);
+    }
+
+    let store = process.store;
+    if store.configured {
+        describe_gauge!(
+            names::RATE_STORE_UP,
+            "1 while the last sync with the rate-limit store succeeded."
+        );
+        describe_counter!(names::RATE_STORE_SYNCS, "Syncs with the rate-limit store.");
+        describe_counter!(
+            names::RATE_STORE_KEYS,
+            "Rate-limit keys exchanged with the store."
+        );
+        gauge!(names::RATE_STORE_UP).set(if store.up { 1.0 } else { 0.0 });
+        counter!(names::RATE_STORE_SYNCS, "result" => "ok").absolute(store.syncs);
+        counter!(names::RATE_STORE_SYNCS, "result" => "error").absolute(store.errors);
+        for (direction, n) in [
+            ("pushed", store.pushed),
+            ("received", store.received),
+            ("dropped", store.dropped),
+        ] {
+            counter!(names::RATE_STORE_KEYS, "direction" => direction).absolute(n);
+        }
     }
 }
 

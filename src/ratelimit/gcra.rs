@@ -12,8 +12,11 @@
 //! places per key. A key's slot is reused only once its `tat` has passed
 //! (its state then equals a fresh key's), so eviction never forgets a
 //! limited client. When all four slots hold live keys, the new key shares
-//! the most limited one: two clients then limit each other (more strictly,
-//! never less), which is what a flood of distinct keys degrades to.
+//! the least used of them: the two clients then count against one budget
+//! (more strictly, never less). That is what a flood of more distinct keys
+//! than slots degrades to; it costs no memory, and the shared slot is the
+//! one with the most room left, so new clients are refused only when every
+//! candidate slot is itself at its limit.
 //!
 //! Times are nanoseconds from any fixed origin (the caller's clock), so the
 //! algorithm is tested with an injected clock.
@@ -94,10 +97,10 @@ impl Table {
             self.slots[i] = Slot { key, tat: now };
             return i;
         }
-        // All live: share the most limited slot.
+        // All live: share the one with the most room left.
         (0..PROBES)
             .map(idx)
-            .max_by_key(|&i| self.slots[i].tat)
+            .min_by_key(|&i| self.slots[i].tat)
             .unwrap_or(base & self.mask)
     }
 
@@ -144,6 +147,14 @@ impl Table {
             .tat
             .max(now)
             .saturating_add(emission.saturating_mul(count));
+    }
+
+    /// Moves `key`'s state to at least `tat` (the gateway-wide state learnt
+    /// from the cluster store; the later time never counts a request twice).
+    pub fn raise(&mut self, key: u64, now: u64, tat: u64) {
+        let slot = self.find(key, now);
+        let s = &mut self.slots[slot];
+        s.tat = s.tat.max(tat);
     }
 }
 
@@ -214,6 +225,21 @@ mod tests {
     }
 
     #[test]
+    fn raising_to_a_shared_state_takes_the_later_time() {
+        let p = Gcra::new(10, S, 10);
+        let mut t = Table::new(64);
+        for _ in 0..4 {
+            admit(&mut t, 5, 0, p);
+        }
+        // The store says 6 requests' worth lie ahead, own 4 included.
+        t.raise(5, 0, 6 * p.emission);
+        assert_eq!((0..20).filter(|_| admit(&mut t, 5, 0, p)).count(), 4);
+        // An older state changes nothing.
+        t.raise(5, 0, p.emission);
+        assert!(!admit(&mut t, 5, 0, p));
+    }
+
+    #[test]
     fn a_full_table_never_frees_a_limited_key() {
         let p = Gcra::new(1, 3600 * S, 1);
         let mut t = Table::new(4);
@@ -224,5 +250,26 @@ mod tests {
         }
         assert!(!admit(&mut t, 42, 0, p), "still limited after the flood");
         assert_eq!(t.capacity(), 4);
+    }
+
+    #[test]
+    fn a_new_key_in_a_full_table_shares_the_least_used_slot() {
+        let p = Gcra::new(10, S, 10);
+        let mut t = Table::new(4);
+        // Four keys fill the four slots, key k having used k + 1 requests
+        // (keys with the low bit set share nothing else: slots by key >> 1).
+        let keys = [1u64, 3, 5, 7];
+        for (used, &k) in keys.iter().enumerate() {
+            for _ in 0..=used {
+                assert!(admit(&mut t, k, 0, p));
+            }
+        }
+        // A fifth key finds every slot live and joins key 1 (1 used).
+        let d = t.check(9, 0, p);
+        assert_eq!((d.allowed, d.remaining), (true, 8));
+        t.commit(&d);
+        // Key 1 now counts the newcomer's request too: never looser.
+        assert_eq!(t.check(1, 0, p).remaining, 7);
+        assert_eq!(t.check(7, 0, p).remaining, 5, "others untouched");
     }
 }

@@ -4,6 +4,8 @@
 //!
 //! - `gcra.rs`: the algorithm and the fixed-size per-worker table.
 //! - `throttle.rs`: per-route concurrency caps with a bounded FIFO queue.
+//! - `cluster.rs`: cluster mode, sharing the tables' state across gateway
+//!   instances through Redis from a background thread.
 //! - this file: policies as configured ([`Policy`]), the request key, the
 //!   per-worker [`Limiter`] and the cross-core reconciliation.
 //!
@@ -25,6 +27,7 @@
 //! workers, that is at most 102 extra requests at the very start of a burst
 //! hitting both cores at once, and about 2 per interval in steady state.
 
+pub mod cluster;
 pub mod gcra;
 pub mod throttle;
 
@@ -111,6 +114,8 @@ pub struct RateLimitConfig {
     pub table_size: usize,
     /// Send `RateLimit` fields on admitted responses too.
     pub headers: bool,
+    /// Cluster mode: shared with other instances through Redis.
+    pub redis: Option<cluster::StoreConfig>,
 }
 
 impl Default for RateLimitConfig {
@@ -120,6 +125,7 @@ impl Default for RateLimitConfig {
             sync_interval: Duration::from_millis(20),
             table_size: 65_536,
             headers: true,
+            redis: None,
         }
     }
 }
@@ -135,6 +141,8 @@ pub struct Limiter {
     share: bool,
     /// Requests charged from other workers' reports.
     pub received: std::cell::Cell<u64>,
+    /// Set while the cluster store is down and `failure = "closed"`.
+    refusing: std::cell::Cell<bool>,
 }
 
 /// The outcome for a request under all of its route's policies, naming
@@ -151,13 +159,26 @@ pub enum Verdict {
 pub const MAX_POLICIES: usize = 8;
 
 impl Limiter {
-    pub fn new(table_size: usize, workers: usize) -> Limiter {
+    /// `share`: whether admissions are reported to anyone (other workers or
+    /// the cluster store).
+    pub fn new(table_size: usize, share: bool) -> Limiter {
         Limiter {
             table: RefCell::new(Table::new(table_size)),
             pending: RefCell::new(HashMap::new()),
-            share: workers > 1,
+            share,
             received: std::cell::Cell::new(0),
+            refusing: std::cell::Cell::new(false),
         }
+    }
+
+    /// Whether rate-limited routes must answer 503 (cluster store down,
+    /// failing closed).
+    pub fn refusing(&self) -> bool {
+        self.refusing.get()
+    }
+
+    pub fn set_refusing(&self, refuse: bool) {
+        self.refusing.set(refuse);
     }
 
     /// Checks a request against `policies` (keys from `key_of`) at `now`
@@ -204,6 +225,14 @@ impl Limiter {
         }
         let list = pending.drain().map(|(k, (e, n))| (k, e, n)).collect();
         Some(Arc::new(list))
+    }
+
+    /// Moves keys on to what other instances admitted: `(key, ns ahead)`.
+    pub fn raise(&self, ahead: &[(u64, u64)], now: u64) {
+        let mut table = self.table.borrow_mut();
+        for &(key, ns) in ahead {
+            table.raise(key, now, now.saturating_add(ns));
+        }
     }
 
     /// Charges what other workers admitted.

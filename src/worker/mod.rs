@@ -96,8 +96,9 @@ pub struct WorkerCtx {
     pub clock: Clock,
     /// This worker's rate-limit table and pending admissions.
     pub limiter: crate::ratelimit::Limiter,
-    /// The other workers, for rate-limit reconciliation.
-    peers: RefCell<Vec<async_channel::Sender<Control>>>,
+    /// The other workers and the cluster store, for rate-limit
+    /// reconciliation.
+    peers: RefCell<Peers>,
     /// Origin of the rate limiter's nanosecond clock.
     epoch: Instant,
     gates: Gates,
@@ -131,8 +132,11 @@ impl WorkerCtx {
             access_log: RefCell::new(access_log),
             audit_log: RefCell::new(audit_log),
             clock: Clock::default(),
-            limiter: crate::ratelimit::Limiter::new(config.rate_limit.table_size, config.workers),
-            peers: RefCell::new(Vec::new()),
+            limiter: crate::ratelimit::Limiter::new(
+                config.rate_limit.table_size,
+                config.workers > 1 || config.rate_limit.redis.is_some(),
+            ),
+            peers: RefCell::new(Peers::default()),
             epoch: Instant::now(),
             gates,
         }
@@ -208,11 +212,23 @@ pub enum Control {
     Reload(Arc<Config>),
     /// Answer with a copy of this worker's counters (a metrics scrape).
     Collect(async_channel::Sender<WorkerReport>),
-    /// The other workers' channels (sent once, after start).
-    Peers(Vec<async_channel::Sender<Control>>),
+    /// Where to report rate-limit admissions (sent once, after start).
+    Peers(Peers),
     /// Requests another worker admitted under rate-limit policies.
     RateDeltas(crate::ratelimit::Deltas),
+    /// Other instances' admissions, from the cluster store.
+    RateAhead(Arc<Vec<(u64, u64)>>),
+    /// Refuse rate-limited requests (cluster store down, failing closed).
+    RateRefuse(bool),
     Shutdown,
+}
+
+/// Who hears about a worker's rate-limit admissions.
+#[derive(Default)]
+pub struct Peers {
+    pub workers: Vec<async_channel::Sender<Control>>,
+    /// The cluster store's sync thread, in cluster mode.
+    pub store: Option<std::sync::mpsc::SyncSender<crate::ratelimit::Deltas>>,
 }
 
 /// The event loop a worker runs on.
@@ -416,6 +432,8 @@ async fn run(
                 monoio::spawn(share_rate_limits(ctx.clone()));
             }
             Ok(Control::RateDeltas(deltas)) => ctx.limiter.apply(&deltas, ctx.now_ns()),
+            Ok(Control::RateAhead(ahead)) => ctx.limiter.raise(&ahead, ctx.now_ns()),
+            Ok(Control::RateRefuse(refuse)) => ctx.limiter.set_refusing(refuse),
             Ok(Control::Shutdown) | Err(_) => break,
         }
     }
@@ -441,8 +459,8 @@ async fn run(
     ctx.audit_log.borrow_mut().take();
 }
 
-/// Sends this worker's rate-limit admissions to the other workers every
-/// `rate_limit.sync_interval`.
+/// Sends this worker's rate-limit admissions to the other workers and the
+/// cluster store every `rate_limit.sync_interval`.
 async fn share_rate_limits(ctx: Rc<WorkerCtx>) {
     let drain = ctx.drain.register();
     loop {
@@ -452,8 +470,14 @@ async fn share_rate_limits(ctx: Rc<WorkerCtx>) {
             _ = drain.wait() => return,
         }
         if let Some(deltas) = ctx.limiter.take_deltas() {
-            for peer in ctx.peers.borrow().iter() {
+            let peers = ctx.peers.borrow();
+            for peer in peers.workers.iter() {
                 let _ = peer.try_send(Control::RateDeltas(deltas.clone()));
+            }
+            // Never waits: a full queue means the sync thread is stuck on
+            // the store, and these admissions stay enforced locally.
+            if let Some(store) = &peers.store {
+                let _ = store.try_send(deltas);
             }
         }
     }

@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod redis;
+
 /// How long any single wait in a test may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(30);
 
@@ -175,16 +177,25 @@ impl Gateway {
         }
     }
 
-    /// Peak resident memory of the gateway (VmHWM) in bytes.
-    pub fn peak_rss(&self) -> u64 {
+    /// Resident memory of the gateway now (VmRSS) in bytes.
+    pub fn rss(&self) -> u64 {
+        self.status_bytes("VmRSS:")
+    }
+
+    fn status_bytes(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        let line = status.lines().find(|l| l.starts_with(field)).unwrap();
         line.split_whitespace()
             .nth(1)
             .unwrap()
             .parse::<u64>()
             .unwrap()
             * 1024
+    }
+
+    /// Peak resident memory of the gateway (VmHWM) in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        self.status_bytes("VmHWM:")
     }
 }
 

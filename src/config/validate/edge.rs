@@ -82,11 +82,54 @@ pub(super) fn rate_limit(
             key,
         )));
     }
+    let redis = raw.redis.as_ref().map(|r| redis(c, &p.key("redis"), r));
     RateLimitConfig {
         policies,
         sync_interval: raw.sync_interval.0.max(std::time::Duration::from_millis(1)),
         table_size: raw.table_size as usize,
         headers: raw.headers,
+        redis,
+    }
+}
+
+fn redis(
+    c: &mut Checker<'_>,
+    p: &KeyPath,
+    raw: &crate::config::raw::RawRedis,
+) -> crate::ratelimit::cluster::StoreConfig {
+    use crate::ratelimit::cluster::{check_url, Failure, StoreConfig};
+    if let Err(e) = check_url(&raw.url) {
+        c.error(&p.key("url"), e);
+    }
+    let failure = match raw.failure.as_str() {
+        "open" => Failure::Open,
+        "closed" => Failure::Closed,
+        _ => {
+            c.error(&p.key("failure"), "must be \"open\" or \"closed\"");
+            Failure::Open
+        }
+    };
+    let timeout = raw.timeout.0;
+    if timeout < std::time::Duration::from_millis(1) || timeout > std::time::Duration::from_secs(10)
+    {
+        c.error(&p.key("timeout"), "must be between 1ms and 10s");
+    }
+    if raw.key_prefix.is_empty()
+        || !raw
+            .key_prefix
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}')
+    {
+        c.error(
+            &p.key("key_prefix"),
+            "use printable characters without spaces or braces",
+        );
+    }
+    StoreConfig {
+        url: raw.url.clone(),
+        failure,
+        timeout: timeout.max(std::time::Duration::from_millis(1)),
+        key_prefix: raw.key_prefix.clone(),
     }
 }
 

@@ -128,3 +128,25 @@ fn route_needs_one_action_and_rewrite_needs_a_prefix() {
         "{e:#?}"
     );
 }
+
+#[test]
+fn redis_store_keys_are_checked_where_they_stand() {
+    let text = format!(
+        "{BASE}[rate_limit.redis]\nurl = \"redis://:pw@127.0.0.1:6379\"\nfailure = \"maybe\"\ntimeout = \"0s\"\nkey_prefix = \"a b\"\n"
+    );
+    let e = errors(&text);
+    let expected = [
+        "gw.toml:6:11: rate_limit.redis.failure: must be \"open\" or \"closed\"",
+        "gw.toml:7:11: rate_limit.redis.timeout: must be between 1ms and 10s",
+        "gw.toml:8:14: rate_limit.redis.key_prefix:",
+    ];
+    assert_eq!(e.len(), expected.len(), "{e:#?}");
+    for (got, want) in e.iter().zip(expected) {
+        assert!(got.starts_with(want), "got {got:?}\nwant {want:?}");
+    }
+    let ok = format!("{BASE}[rate_limit.redis]\nurl = \"unix:///run/redis.sock\"\n");
+    let c = Config::parse("gw.toml", &ok).unwrap();
+    let store = c.rate_limit.redis.unwrap();
+    assert_eq!(store.failure, crate::ratelimit::cluster::Failure::Open);
+    assert_eq!(store.key_prefix, "ringgate:rl:");
+}
