@@ -20,6 +20,9 @@
 //! 6. `json_schema`: the cost of a JSON Schema route per KiB of body (parse
 //!    plus validation), against parsing alone, to size `max_body_bytes` on
 //!    such routes.
+//! 8. `jwt`: a bearer token found in the worker's verified-token cache
+//!    against a full verification (RS256, ES256, EdDSA, HS256): what the
+//!    cache saves on every request after a client's first.
 //!
 //! Run: `cargo bench --bench hot_path`. Results: docs/PERFORMANCE.md.
 
@@ -174,6 +177,8 @@ fn rewrite(c: &mut Criterion) {
         peer: IpAddr::V4(Ipv4Addr::new(198, 51, 100, 4)),
         id: &id,
         traceparent: None,
+        strip: &[],
+        identity: b"",
     };
     let mut out = Vec::with_capacity(4096);
     g.bench_function("render_into_reused_buffer", |b| {
@@ -378,8 +383,82 @@ fn rate_limit(c: &mut Criterion) {
     g.finish();
 }
 
+fn jwt(c: &mut Criterion) {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let fixture = |n: &str| format!("{}/tests/fixtures/auth/{n}", env!("CARGO_MANIFEST_DIR"));
+    let text = format!(
+        "[[listeners]]\nname = \"l\"\naddress = \"127.0.0.1:0\"\n\n[[auth.jwt]]\nname = \"idp\"\n\
+         algorithms = [\"RS256\", \"ES256\", \"EdDSA\", \"HS256\"]\n\
+         pem_files = [{{ file = \"{}\" }}, {{ file = \"{}\" }}, {{ file = \"{}\" }}]\nhmac_secret_file = \"{}\"\n",
+        fixture("rsa.pub.pem"),
+        fixture("ec256.pub.pem"),
+        fixture("ed.pub.pem"),
+        fixture("hs.secret"),
+    );
+    let config = Config::parse("bench.toml", &text).unwrap();
+    let now = 1_800_000_000u64;
+    let claims = serde_json::json!({
+        "sub": "alice", "exp": now + 3600, "iat": now, "scope": "orders:read profile",
+        "iss": "https://idp.example.com", "aud": "orders", "roles": ["staff"],
+    });
+    let read = |n: &str| std::fs::read(fixture(n)).unwrap();
+    let token = |alg: Algorithm, key: EncodingKey| {
+        jsonwebtoken::encode(&Header::new(alg), &claims, &key).unwrap()
+    };
+    let tokens = [
+        (
+            "rs256",
+            token(
+                Algorithm::RS256,
+                EncodingKey::from_rsa_pem(&read("rsa.key.pem")).unwrap(),
+            ),
+        ),
+        (
+            "es256",
+            token(
+                Algorithm::ES256,
+                EncodingKey::from_ec_pem(&read("ec256.key.pem")).unwrap(),
+            ),
+        ),
+        (
+            "eddsa",
+            token(
+                Algorithm::EdDSA,
+                EncodingKey::from_ed_pem(&read("ed.key.pem")).unwrap(),
+            ),
+        ),
+        (
+            "hs256",
+            token(
+                Algorithm::HS256,
+                EncodingKey::from_secret(&read("hs.secret")),
+            ),
+        ),
+    ];
+    let issuer = &config.auth.issuers[0];
+    let mut g = c.benchmark_group("jwt");
+    for (name, t) in &tokens {
+        g.bench_function(format!("{name}_verify"), |b| {
+            b.iter(|| black_box(issuer.verify(black_box(t.as_bytes()), now).is_ok()))
+        });
+    }
+    let state = ringgate::auth::AuthState::new(4096, 7);
+    let t = tokens[0].1.as_bytes();
+    assert!(ringgate::auth::verify_token(&config.auth, Some(0), t, now, &state).is_ok());
+    g.bench_function("cached", |b| {
+        b.iter(|| {
+            black_box(
+                ringgate::auth::verify_token(&config.auth, Some(0), black_box(t), now, &state)
+                    .is_ok(),
+            )
+        })
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
+    jwt,
     parse,
     route,
     rewrite,

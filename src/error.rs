@@ -71,6 +71,10 @@ pub enum GatewayError {
     /// wait timed out (client-visible overload, no upstream involved).
     #[error("overloaded")]
     Overloaded,
+    /// 401: no valid credentials for the route (`WWW-Authenticate` says
+    /// which kind of failure).
+    #[error("unauthorized")]
+    Unauthorized,
     /// 503: the route is rate limited, the shared rate-limit store is down
     /// and `rate_limit.redis.failure = "closed"`.
     #[error("rate limit store unavailable")]
@@ -94,6 +98,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed => 405,
             GatewayError::UnsupportedMediaType => 415,
             GatewayError::TooManyRequests => 429,
+            GatewayError::Unauthorized => 401,
             GatewayError::RequestTimeout => 408,
             GatewayError::PayloadTooLarge => 413,
             GatewayError::UriTooLong => 414,
@@ -121,6 +126,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed => "method not allowed",
             GatewayError::UnsupportedMediaType => "unsupported media type",
             GatewayError::TooManyRequests => "rate limit exceeded",
+            GatewayError::Unauthorized => "unauthorized",
             GatewayError::RequestTimeout => "request timeout",
             GatewayError::PayloadTooLarge => "request body too large",
             GatewayError::UriTooLong => "request line too long",

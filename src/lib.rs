@@ -12,6 +12,8 @@
 //! - `upstream`: clusters, balancers, keep-alive pools, passive health.
 //! - `ratelimit`: GCRA policies, per-worker tables, cross-core sync, the
 //!   Redis-backed cluster mode.
+//! - `auth`: JWT issuers and keys, API-key consumers, per-route
+//!   authorization, identity headers, the per-worker verified-token cache.
 //! - `security`: path normalisation, client address behind trusted proxies,
 //!   IP allow/deny lists, response header policy, CORS, request validation.
 //! - `admin`: the admin listener (`/healthz`, `/readyz`, `/metrics`,
@@ -26,6 +28,7 @@
 #![deny(unsafe_code)]
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod control;
 pub mod error;

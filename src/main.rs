@@ -37,11 +37,28 @@ enum Command {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Read an API key or client secret on stdin (one line) and print the
+    /// `sha256:<hex>` value to put in the config.
+    HashKey,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::HashKey => {
+            let mut line = String::new();
+            if std::io::stdin().read_line(&mut line).is_err() {
+                eprintln!("cannot read stdin");
+                return ExitCode::FAILURE;
+            }
+            let key = line.trim_end_matches(['\n', '\r']);
+            if key.is_empty() {
+                eprintln!("no key on stdin");
+                return ExitCode::FAILURE;
+            }
+            println!("{}", ringgate::auth::apikey::hash_key(key.as_bytes()));
+            ExitCode::SUCCESS
+        }
         Command::Check { config } => match Config::load(&config) {
             Ok(c) => {
                 println!(

@@ -78,3 +78,48 @@ fn steady_state_proxying_does_not_allocate_per_request() {
         }
     }
 }
+
+#[test]
+fn authenticated_requests_do_not_allocate_once_the_token_is_cached() {
+    let dir = format!("{}/tests/fixtures/auth", env!("CARGO_MANIFEST_DIR"));
+    let secret = std::fs::read(format!("{dir}/hs.secret")).unwrap();
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"sub": "alice", "exp": exp, "scope": "read", "tenant": "acme"}),
+        &jsonwebtoken::EncodingKey::from_secret(&secret),
+    )
+    .unwrap();
+    let up = Upstream::new(Reply::ok("pong"));
+    let gw = Gateway::start(&config(
+        "io_uring",
+        &format!(
+            "[[auth.jwt]]\nname = \"idp\"\nalgorithms = [\"HS256\"]\nhmac_secret_file = \"{dir}/hs.secret\"\n\n\
+             [[auth.consumers]]\nid = \"app\"\nscopes = [\"read\"]\nkeys = [{{ hash = \"{}\" }}]\n\n{}\
+             [[routes]]\nname = \"r\"\nproxy = {{ cluster = \"c\" }}\n\
+             auth = {{ methods = [\"jwt\", \"api_key\"], scopes = [\"read\"], forward = {{ \"x-user\" = \"subject\", \"x-tenant\" = \"claim:tenant\" }} }}\n",
+            ringgate::auth::apikey::hash_key(b"app-key"),
+            cluster("c", &[&up], "")
+        ),
+    ));
+    let mut clients: Vec<Client> = (0..4).map(|_| Client::connect(gw.main())).collect();
+    let with_token = format!("GET /a HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\n\r\n");
+    let with_key = "GET /a HTTP/1.1\r\nHost: t\r\nX-Api-Key: app-key\r\n\r\n";
+    drive(&mut clients, 100, &with_token, "pong");
+    drive(&mut clients, 100, with_key, "pong");
+    let before = allocations(&gw);
+    drive(&mut clients, 500, &with_token, "pong");
+    drive(&mut clients, 500, with_key, "pong");
+    let after = allocations(&gw);
+    eprintln!("auth: {} allocations for 4000 requests", after - before);
+    assert!(
+        after - before < 40,
+        "{} allocations for 4000 authenticated warm requests",
+        after - before
+    );
+    assert_eq!(up.wait_requests(1)[0].header("x-user"), Some("alice"));
+}

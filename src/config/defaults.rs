@@ -222,6 +222,21 @@ pub fn redis_timeout() -> Duration {
 pub fn redis_key_prefix() -> String {
     "ringgate:rl:".into()
 }
+pub fn auth_cache_entries() -> u32 {
+    4096
+}
+pub fn api_key_header() -> String {
+    "x-api-key".into()
+}
+pub fn jwt_leeway() -> Duration {
+    Duration(StdDuration::from_secs(60))
+}
+pub fn jwt_max_token_bytes() -> ByteSize {
+    ByteSize(8 * 1024)
+}
+pub fn jwt_groups_claim() -> String {
+    "groups".into()
+}
 pub fn rate_limit_key() -> Vec<String> {
     vec!["client_ip".to_string()]
 }

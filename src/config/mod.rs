@@ -1,6 +1,7 @@
 //! Configuration: TOML file -> raw serde types -> validation -> immutable [`Config`].
 //!
-//! - `raw.rs`: the file as serde reads it (unknown keys rejected).
+//! - `raw.rs`, `raw_auth.rs`: the file as serde reads it (unknown keys
+//!   rejected).
 //! - `validate.rs`: cross-field checks, address resolution, route compilation.
 //! - `diagnostic.rs`: every error as `file:line:col: key.path: message`.
 //! - `defaults.rs`: every default value, quoted by docs/configuration.md.
@@ -16,6 +17,7 @@
 pub mod defaults;
 mod diagnostic;
 mod raw;
+mod raw_auth;
 mod units;
 mod validate;
 
@@ -59,6 +61,8 @@ pub struct Config {
     pub security: crate::security::Security,
     /// Rate-limit policies and their shared settings.
     pub rate_limit: crate::ratelimit::RateLimitConfig,
+    /// JWT issuers, API-key consumers.
+    pub auth: crate::auth::AuthConfig,
     pub listeners: Vec<ListenerConfig>,
     pub clusters: Vec<ClusterConfig>,
     pub router: Router,

@@ -37,6 +37,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub rate_limit: RawRateLimit,
     #[serde(default)]
+    pub auth: super::raw_auth::RawAuth,
+    #[serde(default)]
     pub listeners: Vec<RawListener>,
     #[serde(default)]
     pub clusters: Vec<RawCluster>,
@@ -538,6 +540,8 @@ pub struct RawRoute {
     pub rate_limits: Vec<String>,
     /// A cap on this route's concurrent requests.
     pub concurrency: Option<RawConcurrency>,
+    /// Who may use the route.
+    pub auth: Option<super::raw_auth::RawRouteAuth>,
     /// Path properties this route accepts ("encoded_slash", "backslash",
     /// "double_encoding", "invalid_utf8").
     #[serde(default)]

@@ -233,6 +233,7 @@ fn build(c: &mut Checker<'_>, raw: RawConfig, dir: &std::path::Path) -> Config {
     let mut watched = Vec::new();
     let security = security(c, &root.key("security"), &raw.security, dir, &mut watched);
     let rate_limit = rate_limit(c, &root.key("rate_limit"), &raw.rate_limit);
+    let auth_config = auth::auth(c, &root.key("auth"), &raw.auth, dir);
 
     let mut routes = Vec::new();
     let mut route_names = HashSet::new();
@@ -271,6 +272,14 @@ fn build(c: &mut Checker<'_>, raw: RawConfig, dir: &std::path::Path) -> Config {
                 limits.truncate(crate::ratelimit::MAX_POLICIES);
             }
             r.rate_limits = limits.into();
+            if let Some(ra) = &rr.auth {
+                r.auth = Some(Box::new(auth::route_auth(
+                    c,
+                    &p.key("auth"),
+                    ra,
+                    &auth_config,
+                )));
+            }
             if let Some(rc) = &rr.concurrency {
                 let cp = p.key("concurrency");
                 if rc.max_in_flight == 0 {
@@ -310,6 +319,7 @@ fn build(c: &mut Checker<'_>, raw: RawConfig, dir: &std::path::Path) -> Config {
         trace_context: raw.server.trace_context,
         security,
         rate_limit,
+        auth: auth_config,
         listeners,
         clusters,
         router: Router::new(routes),
@@ -607,6 +617,7 @@ fn route(
         policy: RoutePolicy::default(),
         concurrency: None,
         rate_limits: Box::new([]),
+        auth: None,
         host,
         path,
         methods,
@@ -624,6 +635,7 @@ fn is_token(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
+mod auth;
 mod edge;
 #[cfg(test)]
 mod tests;

@@ -143,6 +143,8 @@ pub async fn forward<S: Stream>(
         peer: d.peer.ip(),
         id,
         traceparent: traceparent.as_ref().map(|t| &t[..]),
+        strip: route.auth.as_ref().map_or(&[], |a| &a.strip[..]),
+        identity: &d.identity,
     };
     let view = RequestView {
         head: &d.head,
@@ -524,6 +526,11 @@ pub struct UpstreamHead<'a> {
     pub id: &'a RequestId,
     /// Sent instead of the client's `traceparent`/`tracestate` when set.
     pub traceparent: Option<&'a [u8]>,
+    /// Client header names not passed on (identity headers the gateway
+    /// sets, credentials the route keeps to itself).
+    pub strip: &'a [Box<[u8]>],
+    /// Identity header lines the gateway adds.
+    pub identity: &'a [u8],
 }
 
 /// Renders the upstream request head for `view` into `out`: request line
@@ -583,11 +590,13 @@ pub fn render_request_head(out: &mut Vec<u8>, view: RequestView<'_>, up: &Upstre
             || (up.traceparent.is_some()
                 && (name.eq_ignore_ascii_case(b"traceparent")
                     || name.eq_ignore_ascii_case(b"tracestate")))
+            || up.strip.iter().any(|n| name.eq_ignore_ascii_case(n))
         {
             continue;
         }
         push_field(out, name, h.value.get(view.buf));
     }
+    out.extend_from_slice(up.identity);
     if let Some(t) = up.traceparent {
         push_field(out, b"traceparent", t);
     }

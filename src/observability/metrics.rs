@@ -93,6 +93,12 @@ pub mod names {
     /// `direction` (`pushed`, `received`, `dropped`: not shared because the
     /// store was down or the interval's batch was full).
     pub const RATE_STORE_KEYS: &str = "ringgate_rate_limit_store_keys_total";
+    /// Counter: requests refused by a route's auth policy, by `route` and
+    /// `status` (`401`: no or invalid credentials, `403`: not allowed).
+    pub const AUTH_DENIED: &str = "ringgate_auth_denied_total";
+    /// Counter: verified-token cache lookups, by `worker` and `result`
+    /// (`hit`, `miss`: a full verification).
+    pub const AUTH_CACHE: &str = "ringgate_auth_token_cache_total";
     /// Counter: config reloads, by `result` (`ok`, `refused`).
     pub const CONFIG_RELOADS: &str = "ringgate_config_reloads_total";
     /// Counter: log lines dropped because the writer fell behind, by `log`
@@ -171,6 +177,9 @@ pub struct RouteStats {
     pub denied: Cell<u64>,
     /// Requests refused by a rate-limit policy.
     pub limited: Cell<u64>,
+    /// Requests refused by the route's auth policy: 401 and 403.
+    pub unauthenticated: Cell<u64>,
+    pub forbidden: Cell<u64>,
     /// Access-log sampling credit in millionths: a line is written whenever
     /// it reaches one million.
     sample_credit: Cell<u32>,
@@ -199,6 +208,8 @@ impl RouteStats {
             upstream_sum_us: Cell::new(0),
             denied: Cell::new(0),
             limited: Cell::new(0),
+            unauthenticated: Cell::new(0),
+            forbidden: Cell::new(0),
             sample_credit: Cell::new(0),
         }
     }
@@ -249,6 +260,8 @@ impl RouteStats {
             upstream_sum_us: self.upstream_sum_us.get(),
             denied: self.denied.get(),
             limited: self.limited.get(),
+            unauthenticated: self.unauthenticated.get(),
+            forbidden: self.forbidden.get(),
         }
     }
 }
@@ -346,6 +359,8 @@ pub struct RouteReport {
     pub upstream_sum_us: u64,
     pub denied: u64,
     pub limited: u64,
+    pub unauthenticated: u64,
+    pub forbidden: u64,
 }
 
 impl RouteReport {
@@ -363,6 +378,8 @@ impl RouteReport {
         self.upstream_sum_us += other.upstream_sum_us;
         self.denied += other.denied;
         self.limited += other.limited;
+        self.unauthenticated += other.unauthenticated;
+        self.forbidden += other.forbidden;
     }
 }
 
@@ -388,6 +405,8 @@ pub struct WorkerReport {
     pub connections: u64,
     pub requests: u64,
     pub rate_sync_received: u64,
+    /// Verified-token cache lookups that found / did not find the token.
+    pub auth_cache: (u64, u64),
     /// `(route, in flight, queued)` of concurrency-capped routes.
     pub gates: Vec<(Arc<str>, u64, u64)>,
     pub routes: Named<RouteReport>,
@@ -465,6 +484,12 @@ fn emit(reports: &[WorkerReport], process: &ProcessFigures) {
         counter!(names::RESPONSE_BYTES, "route" => route.to_string()).absolute(r.bytes_out);
         counter!(names::IP_DENIALS, "route" => route.to_string()).absolute(r.denied);
         counter!(names::RATE_LIMITED, "route" => route.to_string()).absolute(r.limited);
+        if r.unauthenticated + r.forbidden > 0 {
+            counter!(names::AUTH_DENIED, "route" => route.to_string(), "status" => "401")
+                .absolute(r.unauthenticated);
+            counter!(names::AUTH_DENIED, "route" => route.to_string(), "status" => "403")
+                .absolute(r.forbidden);
+        }
     }
 
     describe_gauge!(
@@ -487,6 +512,10 @@ fn emit(reports: &[WorkerReport], process: &ProcessFigures) {
         counter!(names::WORKER_REQUESTS, "worker" => worker.clone()).absolute(w.requests);
         counter!(names::RATE_SYNC_RECEIVED, "worker" => worker.clone())
             .absolute(w.rate_sync_received);
+        counter!(names::AUTH_CACHE, "worker" => worker.clone(), "result" => "hit")
+            .absolute(w.auth_cache.0);
+        counter!(names::AUTH_CACHE, "worker" => worker.clone(), "result" => "miss")
+            .absolute(w.auth_cache.1);
         gauge!(names::WORKER_DRIVER, "worker" => worker.clone(), "driver" => w.driver).set(1.0);
         for e in &w.endpoints {
             gauge!(names::ENDPOINT_HEALTHY, "cluster" => e.cluster.to_string(), "endpoint" => e.address.to_string(), "worker" => worker.clone())
@@ -542,6 +571,11 @@ fn emit(reports: &[WorkerReport], process: &ProcessFigures) {
         }
     }
 
+    describe_counter!(
+        names::AUTH_DENIED,
+        "Requests refused by a route's auth policy."
+    );
+    describe_counter!(names::AUTH_CACHE, "Verified-token cache lookups.");
     describe_counter!(names::CONFIG_RELOADS, "Config reloads by result.");
     counter!(names::CONFIG_RELOADS, "result" => "ok").absolute(process.reloads_ok);
     counter!(names::CONFIG_RELOADS, "result" => "refused").absolute(process.reloads_refused);

@@ -49,6 +49,9 @@ pub enum KeyPart {
     Route,
     /// A request header's value (lowercase name); absent counts as empty.
     Header(Box<[u8]>),
+    /// The authenticated caller: the token's subject or the API key's
+    /// consumer; empty on routes without auth.
+    Principal,
 }
 
 /// A configured policy.
@@ -84,7 +87,13 @@ impl Policy {
     }
 
     /// The request's key under this policy.
-    pub fn key_of(&self, req: &RequestView<'_>, client: IpAddr, route: &str) -> u64 {
+    pub fn key_of(
+        &self,
+        req: &RequestView<'_>,
+        client: IpAddr,
+        route: &str,
+        principal: Option<&str>,
+    ) -> u64 {
         let mut h = self.id;
         let mix = |h: u64, bytes: &[u8]| {
             hash(bytes) ^ h.rotate_left(23).wrapping_mul(0x9e37_79b9_7f4a_7c15)
@@ -100,6 +109,7 @@ impl Policy {
                 },
                 KeyPart::Route => mix(h, route.as_bytes()),
                 KeyPart::Header(name) => mix(h, req.header(name).unwrap_or_default()),
+                KeyPart::Principal => mix(h, principal.unwrap_or_default().as_bytes()),
             };
         }
         h

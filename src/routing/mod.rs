@@ -142,6 +142,8 @@ pub struct Route {
     pub concurrency: Option<crate::ratelimit::throttle::Concurrency>,
     /// Rate-limit policies, all of which must admit a request.
     pub rate_limits: Box<[std::sync::Arc<crate::ratelimit::Policy>]>,
+    /// Who may use the route; `None` = anyone.
+    pub auth: Option<Box<crate::auth::RouteAuth>>,
     pub host: HostMatch,
     pub path: PathMatch,
     pub methods: MethodSet,

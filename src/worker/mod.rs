@@ -96,6 +96,8 @@ pub struct WorkerCtx {
     pub clock: Clock,
     /// This worker's rate-limit table and pending admissions.
     pub limiter: crate::ratelimit::Limiter,
+    /// Verified-token cache and its counters.
+    pub auth: crate::auth::AuthState,
     /// The other workers and the cluster store, for rate-limit
     /// reconciliation.
     peers: RefCell<Peers>,
@@ -137,6 +139,7 @@ impl WorkerCtx {
                 config.workers > 1 || config.rate_limit.redis.is_some(),
             ),
             peers: RefCell::new(Peers::default()),
+            auth: crate::auth::AuthState::new(config.auth.cache_entries, trace_seed),
             epoch: Instant::now(),
             gates,
         }
@@ -200,6 +203,7 @@ impl WorkerCtx {
             connections: self.conns.active() as u64,
             requests: self.stats.requests.get(),
             rate_sync_received: self.limiter.received.get(),
+            auth_cache: (self.auth.hits.get(), self.auth.misses.get()),
             routes,
             clusters,
             endpoints,

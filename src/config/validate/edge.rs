@@ -63,6 +63,7 @@ pub(super) fn rate_limit(
             match part.as_str() {
                 "client_ip" => key.push(KeyPart::ClientIp),
                 "route" => key.push(KeyPart::Route),
+                "principal" => key.push(KeyPart::Principal),
                 h if h.starts_with("header:") && is_token(&h[7..]) => {
                     key.push(KeyPart::Header(
                         h[7..].to_ascii_lowercase().into_bytes().into(),
@@ -70,7 +71,9 @@ pub(super) fn rate_limit(
                 }
                 other => c.error(
                     &pp.key("key").index(j),
-                    format!("{other:?} is not \"client_ip\", \"route\" or \"header:<name>\""),
+                    format!(
+                        "{other:?} is not \"client_ip\", \"route\", \"principal\" or \"header:<name>\""
+                    ),
                 ),
             }
         }

@@ -1,0 +1,510 @@
+//! Authentication and authorization: who a request is from, and whether
+//! that principal may use the route.
+//!
+//! - `jwt.rs`: token verification against configured issuers and keys.
+//! - `apikey.rs`: consumers and their hashed API keys.
+//! - this file: the per-route policy ([`RouteAuth`]), the [`Identity`] a
+//!   successful method yields, the authorization checks, identity headers
+//!   for the upstream, and the per-worker verified-token cache.
+//!
+//! A route's `methods` are tried in order and the first whose credential
+//! is present and valid wins (any-of). No credential at all is 401 without
+//! an error code (RFC 6750 3.1); a credential that fails is 401
+//! `invalid_token`; a valid one without the route's scopes, groups or
+//! claims is 403 `insufficient_scope`. The reason goes to the audit log;
+//! the response says only which of the three it was.
+
+pub mod apikey;
+pub mod jwt;
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use serde_json::{Map, Value};
+
+use crate::http::head::RequestView;
+use apikey::{ApiKeys, Consumer};
+use jwt::Issuer;
+
+/// Who a verified token says the request is from.
+#[derive(Debug)]
+pub struct Principal {
+    /// `sub` (empty when the token has none).
+    pub subject: Box<str>,
+    /// The configured issuer's name.
+    pub issuer: Box<str>,
+    /// From `scope` (space-separated) or `scp` (array or string).
+    pub scopes: Box<[Box<str>]>,
+    /// From the issuer's `groups_claim`.
+    pub groups: Box<[Box<str>]>,
+    pub claims: Map<String, Value>,
+}
+
+fn strings(v: Option<&Value>) -> Box<[Box<str>]> {
+    match v {
+        Some(Value::String(s)) => s.split_ascii_whitespace().map(Into::into).collect(),
+        Some(Value::Array(list)) => list
+            .iter()
+            .filter_map(Value::as_str)
+            .map(Into::into)
+            .collect(),
+        _ => Box::new([]),
+    }
+}
+
+impl Principal {
+    pub fn from_claims(claims: Map<String, Value>, groups_claim: &str, issuer: &str) -> Principal {
+        let scopes = match claims.get("scope") {
+            Some(v) => strings(Some(v)),
+            None => strings(claims.get("scp")),
+        };
+        Principal {
+            subject: claims
+                .get("sub")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .into(),
+            issuer: issuer.into(),
+            scopes,
+            groups: strings(claims.get(groups_claim)),
+            claims,
+        }
+    }
+}
+
+/// The authenticated caller of one request.
+pub enum Identity<'a> {
+    Token(Rc<Principal>),
+    Consumer(&'a Consumer),
+}
+
+impl Identity<'_> {
+    pub fn subject(&self) -> &str {
+        match self {
+            Identity::Token(p) => &p.subject,
+            Identity::Consumer(c) => &c.id,
+        }
+    }
+
+    pub fn consumer(&self) -> Option<&str> {
+        match self {
+            Identity::Token(_) => None,
+            Identity::Consumer(c) => Some(&c.id),
+        }
+    }
+
+    pub fn method(&self) -> &'static str {
+        match self {
+            Identity::Token(_) => "jwt",
+            Identity::Consumer(_) => "api_key",
+        }
+    }
+
+    fn scopes(&self) -> &[Box<str>] {
+        match self {
+            Identity::Token(p) => &p.scopes,
+            Identity::Consumer(c) => &c.scopes,
+        }
+    }
+
+    fn groups(&self) -> &[Box<str>] {
+        match self {
+            Identity::Token(p) => &p.groups,
+            Identity::Consumer(c) => &c.groups,
+        }
+    }
+
+    fn claim(&self, name: &str) -> Option<&Value> {
+        match self {
+            Identity::Token(p) => p.claims.get(name),
+            Identity::Consumer(_) => None,
+        }
+    }
+}
+
+/// `[auth]`: issuers, consumers and shared settings.
+#[derive(Default)]
+pub struct AuthConfig {
+    pub issuers: Vec<Issuer>,
+    pub api_keys: ApiKeys,
+    /// Lowercase name of the header carrying API keys.
+    pub api_key_header: Box<[u8]>,
+    /// Verified tokens cached per worker.
+    pub cache_entries: usize,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    /// Names and counts only: keys stay out of debug output.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field(
+                "issuers",
+                &self.issuers.iter().map(|i| &*i.name).collect::<Vec<_>>(),
+            )
+            .field("consumers", &self.api_keys.consumers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One way a route accepts credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// A bearer JWT from one issuer (index into `AuthConfig::issuers`), or
+    /// from any configured issuer.
+    Jwt(Option<usize>),
+    ApiKey,
+}
+
+/// What a forwarded identity header carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Subject,
+    Consumer,
+    Issuer,
+    Scopes,
+    Groups,
+    Claim(Box<str>),
+}
+
+/// A claim condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimRule {
+    /// The claim is this string (or a number or boolean written so).
+    Equals(Box<str>, Box<str>),
+    /// The claim is an array holding this string, or a space-separated
+    /// string holding it as one word.
+    Contains(Box<str>, Box<str>),
+}
+
+/// A route's `auth` table.
+#[derive(Debug, Clone)]
+pub struct RouteAuth {
+    pub methods: Box<[Method]>,
+    /// All required.
+    pub scopes: Box<[Box<str>]>,
+    /// Any one required.
+    pub groups: Box<[Box<str>]>,
+    pub claims: Box<[ClaimRule]>,
+    /// Identity headers for the upstream: lowercase name and source.
+    pub forward: Box<[(Box<[u8]>, Source)]>,
+    /// Request header names never passed upstream on this route: the
+    /// forwarded identity names (a client's copies would be spoofs) and,
+    /// unless `forward_credentials`, the credential headers.
+    pub strip: Box<[Box<[u8]>]>,
+}
+
+/// Why a request was not let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// 401: no credential for any of the route's methods.
+    Missing,
+    /// 401 `invalid_token`, with the audit reason.
+    Invalid(&'static str),
+    /// 403 `insufficient_scope`, with the audit reason.
+    Forbidden(&'static str),
+}
+
+impl Denied {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Denied::Missing => "missing_credentials",
+            Denied::Invalid(r) | Denied::Forbidden(r) => r,
+        }
+    }
+
+    /// The `WWW-Authenticate` field (RFC 6750 3).
+    pub fn challenge(self, route: &RouteAuth, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"www-authenticate: Bearer realm=\"ringgate\"");
+        match self {
+            Denied::Missing => {}
+            Denied::Invalid(_) => out.extend_from_slice(
+                b", error=\"invalid_token\", error_description=\"the access token is invalid\"",
+            ),
+            Denied::Forbidden(_) => {
+                out.extend_from_slice(b", error=\"insufficient_scope\"");
+                if !route.scopes.is_empty() {
+                    out.extend_from_slice(b", scope=\"");
+                    for (i, s) in route.scopes.iter().enumerate() {
+                        if i > 0 {
+                            out.push(b' ');
+                        }
+                        out.extend_from_slice(s.as_bytes());
+                    }
+                    out.push(b'"');
+                }
+            }
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// The bearer token of `Authorization`, if any.
+pub fn bearer<'b>(req: &RequestView<'b>) -> Option<&'b [u8]> {
+    let v = req.header(b"authorization")?;
+    let (scheme, rest) = v.split_at(v.iter().position(|&b| b == b' ')?);
+    scheme
+        .eq_ignore_ascii_case(b"bearer")
+        .then(|| rest.trim_ascii())
+        .filter(|t| !t.is_empty())
+}
+
+/// Per-worker verified-token cache and its counters.
+pub struct AuthState {
+    cache: std::cell::RefCell<TokenCache>,
+    pub hits: Cell<u64>,
+    pub misses: Cell<u64>,
+}
+
+impl AuthState {
+    pub fn new(entries: usize, seed: u64) -> AuthState {
+        AuthState {
+            cache: std::cell::RefCell::new(TokenCache::new(entries, seed)),
+            hits: Cell::new(0),
+            misses: Cell::new(0),
+        }
+    }
+}
+
+/// Authenticates and authorizes one request at `now` (seconds since the
+/// epoch).
+pub fn check<'a>(
+    route: &RouteAuth,
+    cfg: &'a AuthConfig,
+    req: &RequestView<'_>,
+    now: u64,
+    state: &AuthState,
+) -> Result<Identity<'a>, Denied> {
+    let mut failure: Option<&'static str> = None;
+    let mut identity = None;
+    for &method in route.methods.iter() {
+        let result = match method {
+            Method::Jwt(issuer) => match bearer(req) {
+                None => continue,
+                Some(token) => verify_token(cfg, issuer, token, now, state),
+            },
+            Method::ApiKey => match req.header(&cfg.api_key_header) {
+                None => continue,
+                Some(key) => cfg
+                    .api_keys
+                    .lookup(key, now)
+                    .map(Identity::Consumer)
+                    .map_err(apikey::KeyReject::as_str),
+            },
+        };
+        match result {
+            Ok(id) => {
+                identity = Some(id);
+                break;
+            }
+            Err(reason) => {
+                failure.get_or_insert(reason);
+            }
+        }
+    }
+    let identity = match (identity, failure) {
+        (Some(id), _) => id,
+        (None, Some(reason)) => return Err(Denied::Invalid(reason)),
+        (None, None) => return Err(Denied::Missing),
+    };
+    authorize(route, &identity)?;
+    Ok(identity)
+}
+
+/// A bearer token against one issuer (`Some(index)`) or all of them,
+/// through the worker's cache.
+pub fn verify_token<'a>(
+    cfg: &'a AuthConfig,
+    issuer: Option<usize>,
+    token: &[u8],
+    now: u64,
+    state: &AuthState,
+) -> Result<Identity<'a>, &'static str> {
+    let mut cache = state.cache.borrow_mut();
+    if let Some((idx, key_set, principal)) = cache.get(token, now) {
+        let current = cfg.issuers.get(idx);
+        if issuer.is_none_or(|i| i == idx) && current.is_some_and(|i| i.keys.id == key_set) {
+            state.hits.set(state.hits.get() + 1);
+            return Ok(Identity::Token(principal));
+        }
+    }
+    state.misses.set(state.misses.get() + 1);
+    let candidates = match issuer {
+        Some(i) => i..i + 1,
+        None => 0..cfg.issuers.len(),
+    };
+    let mut first_error = None;
+    for idx in candidates {
+        let Some(iss) = cfg.issuers.get(idx) else {
+            continue;
+        };
+        match iss.verify(token, now) {
+            Ok(v) => {
+                let principal = Rc::new(v.principal);
+                cache.put(CacheEntry {
+                    token: token.into(),
+                    issuer: idx,
+                    key_set: iss.keys.id,
+                    valid_until: v.exp.saturating_add(iss.leeway),
+                    principal: principal.clone(),
+                });
+                return Ok(Identity::Token(principal));
+            }
+            Err(e) => {
+                first_error.get_or_insert(e.as_str());
+            }
+        }
+    }
+    Err(first_error.unwrap_or("no_issuer"))
+}
+
+fn authorize(route: &RouteAuth, id: &Identity<'_>) -> Result<(), Denied> {
+    let has = |list: &[Box<str>], want: &str| list.iter().any(|s| &**s == want);
+    if !route.scopes.iter().all(|s| has(id.scopes(), s)) {
+        return Err(Denied::Forbidden("missing_scope"));
+    }
+    if !route.groups.is_empty() && !route.groups.iter().any(|g| has(id.groups(), g)) {
+        return Err(Denied::Forbidden("missing_group"));
+    }
+    for rule in route.claims.iter() {
+        let ok = match rule {
+            ClaimRule::Equals(name, want) => match id.claim(name) {
+                Some(Value::String(s)) => s == &**want,
+                Some(Value::Bool(b)) => **want == *if *b { "true" } else { "false" },
+                Some(Value::Number(n)) => n.as_f64() == want.parse::<f64>().ok(),
+                _ => false,
+            },
+            ClaimRule::Contains(name, want) => match id.claim(name) {
+                Some(Value::Array(list)) => list.iter().any(|v| v.as_str() == Some(want)),
+                Some(Value::String(s)) => s.split_ascii_whitespace().any(|w| w == &**want),
+                _ => false,
+            },
+        };
+        if !ok {
+            return Err(Denied::Forbidden("claim_mismatch"));
+        }
+    }
+    Ok(())
+}
+
+impl RouteAuth {
+    /// Appends the identity header lines for the upstream. A value that is
+    /// not a clean field value (control characters, CR/LF) is left out.
+    pub fn render_forward(&self, id: &Identity<'_>, out: &mut Vec<u8>) {
+        for (name, source) in self.forward.iter() {
+            let start = out.len();
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            let value_start = out.len();
+            let join = |out: &mut Vec<u8>, list: &[Box<str>]| {
+                for (i, s) in list.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b' ');
+                    }
+                    out.extend_from_slice(s.as_bytes());
+                }
+            };
+            match source {
+                Source::Subject => out.extend_from_slice(id.subject().as_bytes()),
+                Source::Consumer => out.extend_from_slice(id.consumer().unwrap_or("").as_bytes()),
+                Source::Issuer => match id {
+                    Identity::Token(p) => out.extend_from_slice(p.issuer.as_bytes()),
+                    Identity::Consumer(_) => {}
+                },
+                Source::Scopes => join(out, id.scopes()),
+                Source::Groups => join(out, id.groups()),
+                Source::Claim(c) => match id.claim(c) {
+                    Some(Value::String(s)) => out.extend_from_slice(s.as_bytes()),
+                    Some(v @ (Value::Number(_) | Value::Bool(_))) => {
+                        out.extend_from_slice(v.to_string().as_bytes());
+                    }
+                    Some(Value::Array(list)) => {
+                        for (i, s) in list.iter().filter_map(Value::as_str).enumerate() {
+                            if i > 0 {
+                                out.push(b' ');
+                            }
+                            out.extend_from_slice(s.as_bytes());
+                        }
+                    }
+                    _ => {}
+                },
+            }
+            let value = &out[value_start..];
+            let clean = !value.is_empty()
+                && value
+                    .iter()
+                    .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f));
+            if clean {
+                out.extend_from_slice(b"\r\n");
+            } else {
+                out.truncate(start);
+            }
+        }
+    }
+
+    /// Whether the upstream request must not carry this client header.
+    pub fn strips(&self, name: &[u8]) -> bool {
+        self.strip.iter().any(|s| name.eq_ignore_ascii_case(s))
+    }
+}
+
+/// A cached verification.
+pub struct CacheEntry {
+    token: Box<[u8]>,
+    issuer: usize,
+    key_set: u64,
+    /// `exp` plus leeway: the entry is not used from this second on.
+    valid_until: u64,
+    principal: Rc<Principal>,
+}
+
+/// Verified tokens of one worker: a fixed number of slots indexed by a
+/// keyed hash of the token, each holding the whole token (compared in full
+/// before use, so a hash collision can only cost a verification, never
+/// skip one). An entry is used only until the token's `exp` (plus leeway)
+/// and only while its issuer's key set is the one that verified it.
+pub struct TokenCache {
+    slots: Box<[Option<CacheEntry>]>,
+    mask: usize,
+    seed: u64,
+}
+
+impl TokenCache {
+    pub fn new(entries: usize, seed: u64) -> TokenCache {
+        let n = entries.max(1).next_power_of_two();
+        TokenCache {
+            slots: (0..n).map(|_| None).collect(),
+            mask: n - 1,
+            seed: seed | 1,
+        }
+    }
+
+    fn slot(&self, token: &[u8]) -> usize {
+        let mut h = self.seed;
+        let mut chunks = token.chunks_exact(8);
+        for c in &mut chunks {
+            let w = u64::from_le_bytes(c.try_into().unwrap_or_default());
+            h = (h ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
+        }
+        for &b in chunks.remainder() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+        h ^= h >> 32;
+        (h as usize) & self.mask
+    }
+
+    /// The issuer index, key set and principal of a cached, still valid
+    /// `token`.
+    pub fn get(&self, token: &[u8], now: u64) -> Option<(usize, u64, Rc<Principal>)> {
+        match &self.slots[self.slot(token)] {
+            Some(e) if &*e.token == token && now < e.valid_until => {
+                Some((e.issuer, e.key_set, e.principal.clone()))
+            }
+            _ => None,
+        }
+    }
+
+    pub fn put(&mut self, entry: CacheEntry) {
+        let i = self.slot(&entry.token);
+        self.slots[i] = Some(entry);
+    }
+}

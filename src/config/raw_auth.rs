@@ -1,0 +1,120 @@
+//! `[auth]` and a route's `auth` table as serde reads them.
+
+use serde::Deserialize;
+
+use super::defaults as d;
+use super::units::{ByteSize, Duration};
+
+/// `[auth]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    /// Verified tokens cached per worker.
+    #[serde(default = "d::auth_cache_entries")]
+    pub cache_entries: u32,
+    /// Header carrying API keys.
+    #[serde(default = "d::api_key_header")]
+    pub api_key_header: String,
+    #[serde(default)]
+    pub jwt: Vec<RawIssuer>,
+    #[serde(default)]
+    pub consumers: Vec<RawConsumer>,
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        Self {
+            cache_entries: d::auth_cache_entries(),
+            api_key_header: d::api_key_header(),
+            jwt: Vec::new(),
+            consumers: Vec::new(),
+        }
+    }
+}
+
+/// `[[auth.jwt]]`: one token issuer.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIssuer {
+    pub name: String,
+    /// `iss` must equal this when set.
+    pub issuer: Option<String>,
+    /// `aud` must contain one of these when set.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<String>,
+    /// PEM public keys (RSA, EC or Ed25519), optionally with a `kid`.
+    #[serde(default)]
+    pub pem_files: Vec<RawPemKey>,
+    /// A JWKS document in a file.
+    pub jwks_file: Option<String>,
+    /// A JWKS document inline.
+    pub jwks: Option<String>,
+    /// A file holding an HMAC secret (at least 32 bytes).
+    pub hmac_secret_file: Option<String>,
+    #[serde(default = "d::jwt_leeway")]
+    pub leeway: Duration,
+    #[serde(default = "d::jwt_max_token_bytes")]
+    pub max_token_bytes: ByteSize,
+    #[serde(default = "d::jwt_groups_claim")]
+    pub groups_claim: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPemKey {
+    pub file: String,
+    pub kid: Option<String>,
+}
+
+/// `[[auth.consumers]]`: who API keys belong to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConsumer {
+    pub id: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub keys: Vec<RawApiKey>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKey {
+    /// `sha256:<hex>`, as `ringgate hash-key` prints it.
+    pub hash: String,
+    /// RFC 3339 times.
+    pub not_before: Option<String>,
+    pub expires: Option<String>,
+}
+
+/// A route's `auth` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteAuth {
+    /// "jwt" (any issuer), "jwt:<issuer>", "api_key"; any one suffices.
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub claims: Vec<RawClaimRule>,
+    /// Upstream header name -> "subject", "consumer", "issuer", "scopes",
+    /// "groups" or "claim:<name>".
+    #[serde(default)]
+    pub forward: std::collections::BTreeMap<String, String>,
+    /// Pass `Authorization` / the API key header on to the upstream.
+    #[serde(default)]
+    pub forward_credentials: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClaimRule {
+    pub name: String,
+    pub equals: Option<String>,
+    pub contains: Option<String>,
+}

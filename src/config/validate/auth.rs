@@ -1,0 +1,316 @@
+//! Validation of `[auth]` (issuers, keys, consumers) and of routes' `auth`
+//! tables. Key files are read here, at load: a reload with a bad key is
+//! refused like any other bad config.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
+
+use super::{is_token, Checker};
+use crate::auth::apikey::{parse_hash, ApiKeys, Consumer, StoredKey};
+use crate::auth::jwt::{family_of, parse_jwks, Issuer, Key, KeySet};
+use crate::auth::{AuthConfig, ClaimRule, Method, RouteAuth, Source};
+use crate::config::diagnostic::KeyPath;
+use crate::config::raw_auth::{RawAuth, RawIssuer, RawRouteAuth};
+
+/// Shortest HMAC secret accepted (RFC 7518 3.2: at least the hash size).
+const MIN_HMAC_SECRET: usize = 32;
+
+pub(super) fn auth(c: &mut Checker<'_>, p: &KeyPath, raw: &RawAuth, dir: &Path) -> AuthConfig {
+    if !(16..=1 << 20).contains(&raw.cache_entries) {
+        c.error(&p.key("cache_entries"), "must be between 16 and 1048576");
+    }
+    if !is_token(&raw.api_key_header) {
+        c.error(&p.key("api_key_header"), "not a header name");
+    }
+    let mut issuers = Vec::new();
+    let mut names = HashSet::new();
+    for (i, ri) in raw.jwt.iter().enumerate() {
+        let ip = p.key("jwt").index(i);
+        if !names.insert(ri.name.as_str()) {
+            c.error(
+                &ip.key("name"),
+                format!("duplicate issuer name {:?}", ri.name),
+            );
+        }
+        issuers.push(issuer(c, &ip, ri, dir));
+    }
+    let mut api_keys = ApiKeys::default();
+    let mut ids = HashSet::new();
+    let mut hashes = HashSet::new();
+    for (i, rc) in raw.consumers.iter().enumerate() {
+        let cp = p.key("consumers").index(i);
+        if rc.id.is_empty() || !ids.insert(rc.id.as_str()) {
+            c.error(
+                &cp.key("id"),
+                format!("empty or duplicate consumer id {:?}", rc.id),
+            );
+        }
+        let consumer = api_keys.add_consumer(Consumer {
+            id: rc.id.as_str().into(),
+            groups: rc.groups.iter().map(|g| g.as_str().into()).collect(),
+            scopes: rc.scopes.iter().map(|s| s.as_str().into()).collect(),
+        });
+        for (j, rk) in rc.keys.iter().enumerate() {
+            let kp = cp.key("keys").index(j);
+            let Some(hash) = parse_hash(&rk.hash) else {
+                c.error(
+                    &kp.key("hash"),
+                    "not \"sha256:<64 hex digits>\" (see `ringgate hash-key`)",
+                );
+                continue;
+            };
+            if !hashes.insert(hash) {
+                c.error(&kp.key("hash"), "the same key is listed twice");
+            }
+            let mut time = |key: &str, text: &Option<String>| -> Option<u64> {
+                let t = text.as_deref()?;
+                match humantime::parse_rfc3339_weak(t) {
+                    Ok(at) => at
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .ok()
+                        .map(|d| d.as_secs()),
+                    Err(_) => {
+                        c.error(&kp.key(key), format!("{t:?} is not an RFC 3339 time"));
+                        None
+                    }
+                }
+            };
+            let not_before = time("not_before", &rk.not_before);
+            let expires = time("expires", &rk.expires);
+            api_keys.add_key(StoredKey {
+                hash,
+                consumer,
+                not_before,
+                expires,
+            });
+        }
+    }
+    AuthConfig {
+        issuers,
+        api_keys,
+        api_key_header: raw.api_key_header.to_ascii_lowercase().into_bytes().into(),
+        cache_entries: raw.cache_entries as usize,
+    }
+}
+
+fn issuer(c: &mut Checker<'_>, p: &KeyPath, raw: &RawIssuer, dir: &Path) -> Issuer {
+    let mut algorithms = Vec::new();
+    for (i, a) in raw.algorithms.iter().enumerate() {
+        match a.parse::<Algorithm>() {
+            Ok(alg) => algorithms.push(alg),
+            Err(_) => c.error(
+                &p.key("algorithms").index(i),
+                format!("{a:?} is not one of HS256/384/512, RS256/384/512, PS256/384/512, ES256/384, EdDSA"),
+            ),
+        }
+    }
+    if raw.algorithms.is_empty() {
+        c.error(&p.key("algorithms"), "name at least one algorithm");
+    }
+    let families: Vec<AlgorithmFamily> = algorithms.iter().map(|&a| family_of(a)).collect();
+    let mut keys = Vec::new();
+    for (i, pk) in raw.pem_files.iter().enumerate() {
+        let kp = p.key("pem_files").index(i).key("file");
+        let path = dir.join(&pk.file);
+        let pem = match std::fs::read(&path) {
+            Ok(pem) => pem,
+            Err(e) => {
+                c.error(&kp, format!("{}: {e}", path.display()));
+                continue;
+            }
+        };
+        let key = DecodingKey::from_rsa_pem(&pem)
+            .or_else(|_| DecodingKey::from_ec_pem(&pem))
+            .or_else(|_| DecodingKey::from_ed_pem(&pem));
+        match key {
+            Ok(key) if families.contains(&key.family()) => keys.push(Key {
+                kid: pk.kid.clone(),
+                key,
+                alg: None,
+            }),
+            Ok(_) => c.error(&kp, "no configured algorithm uses this kind of key"),
+            Err(_) => c.error(
+                &kp,
+                format!(
+                    "{}: not a PEM public key (RSA, EC or Ed25519)",
+                    path.display()
+                ),
+            ),
+        }
+    }
+    let mut jwks = |c: &mut Checker<'_>, kp: KeyPath, text: &[u8]| match parse_jwks(text) {
+        Ok((found, _skipped)) if found.is_empty() => {
+            c.error(&kp, "the JWKS holds no usable signing key");
+        }
+        Ok((found, _)) => keys.extend(found),
+        Err(e) => c.error(&kp, e),
+    };
+    if let Some(f) = &raw.jwks_file {
+        let path = dir.join(f);
+        match std::fs::read(&path) {
+            Ok(text) => jwks(c, p.key("jwks_file"), &text),
+            Err(e) => c.error(&p.key("jwks_file"), format!("{}: {e}", path.display())),
+        }
+    }
+    if let Some(text) = &raw.jwks {
+        jwks(c, p.key("jwks"), text.as_bytes());
+    }
+    if let Some(f) = &raw.hmac_secret_file {
+        let path = dir.join(f);
+        match std::fs::read(&path) {
+            Ok(mut secret) => {
+                while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                    secret.pop();
+                }
+                if secret.len() < MIN_HMAC_SECRET {
+                    c.error(
+                        &p.key("hmac_secret_file"),
+                        format!("the secret must be at least {MIN_HMAC_SECRET} bytes"),
+                    );
+                } else if !families.contains(&AlgorithmFamily::Hmac) {
+                    c.error(
+                        &p.key("hmac_secret_file"),
+                        "no HS256/384/512 algorithm is configured for this secret",
+                    );
+                } else {
+                    keys.push(Key {
+                        kid: None,
+                        key: DecodingKey::from_secret(&secret),
+                        alg: None,
+                    });
+                }
+            }
+            Err(e) => c.error(
+                &p.key("hmac_secret_file"),
+                format!("{}: {e}", path.display()),
+            ),
+        }
+    }
+    // HMAC keys from a JWKS are as sensitive to length as files.
+    if keys.iter().any(|k| {
+        k.key.family() == AlgorithmFamily::Hmac && k.key.as_bytes().len() < MIN_HMAC_SECRET
+    }) {
+        c.error(
+            &p.key("jwks"),
+            format!("an HMAC key is shorter than {MIN_HMAC_SECRET} bytes"),
+        );
+    }
+    let no_source = raw.pem_files.is_empty()
+        && raw.jwks_file.is_none()
+        && raw.jwks.is_none()
+        && raw.hmac_secret_file.is_none();
+    if no_source {
+        c.error(
+            &p.key("name"),
+            "no keys: set pem_files, jwks_file, jwks or hmac_secret_file",
+        );
+    }
+    if raw.max_token_bytes.0 < 64 || raw.max_token_bytes.0 > 64 * 1024 {
+        c.error(
+            &p.key("max_token_bytes"),
+            "must be between 64 and 65536 bytes",
+        );
+    }
+    Issuer {
+        name: raw.name.as_str().into(),
+        iss: raw.issuer.clone(),
+        audiences: raw.audiences.clone(),
+        algorithms,
+        keys: KeySet::new(keys),
+        leeway: raw.leeway.0.as_secs(),
+        max_token_bytes: raw.max_token_bytes.0 as usize,
+        groups_claim: raw.groups_claim.as_str().into(),
+    }
+}
+
+pub(super) fn route_auth(
+    c: &mut Checker<'_>,
+    p: &KeyPath,
+    raw: &RawRouteAuth,
+    auth: &AuthConfig,
+) -> RouteAuth {
+    let mut methods = Vec::new();
+    for (i, m) in raw.methods.iter().enumerate() {
+        let mp = p.key("methods").index(i);
+        match m.as_str() {
+            "api_key" if auth.api_keys.is_empty() => {
+                c.error(&mp, "api_key needs [[auth.consumers]] with keys");
+            }
+            "api_key" => methods.push(Method::ApiKey),
+            "jwt" if auth.issuers.is_empty() => c.error(&mp, "jwt needs an [[auth.jwt]] issuer"),
+            "jwt" => methods.push(Method::Jwt(None)),
+            other => match other
+                .strip_prefix("jwt:")
+                .and_then(|n| auth.issuers.iter().position(|i| &*i.name == n))
+            {
+                Some(i) => methods.push(Method::Jwt(Some(i))),
+                None => c.error(
+                    &mp,
+                    format!("{other:?} is not \"api_key\", \"jwt\" or \"jwt:<issuer name>\""),
+                ),
+            },
+        }
+    }
+    if raw.methods.is_empty() {
+        c.error(&p.key("methods"), "name at least one method");
+    }
+    let mut claims = Vec::new();
+    for (i, rule) in raw.claims.iter().enumerate() {
+        let name: Box<str> = rule.name.as_str().into();
+        match (&rule.equals, &rule.contains) {
+            (Some(v), None) => claims.push(ClaimRule::Equals(name, v.as_str().into())),
+            (None, Some(v)) => claims.push(ClaimRule::Contains(name, v.as_str().into())),
+            _ => c.error(
+                &p.key("claims").index(i),
+                "set exactly one of equals and contains",
+            ),
+        }
+    }
+    let mut forward = Vec::new();
+    let mut strip: Vec<Box<[u8]>> = Vec::new();
+    for (header, source) in &raw.forward {
+        let fp = p.key("forward").key(header);
+        if !is_token(header) {
+            c.error(&fp, "not a header name");
+            continue;
+        }
+        let source = match source.as_str() {
+            "subject" => Source::Subject,
+            "consumer" => Source::Consumer,
+            "issuer" => Source::Issuer,
+            "scopes" => Source::Scopes,
+            "groups" => Source::Groups,
+            s => match s.strip_prefix("claim:").filter(|n| !n.is_empty()) {
+                Some(n) => Source::Claim(n.into()),
+                None => {
+                    c.error(
+                        &fp,
+                        format!("{s:?} is not subject, consumer, issuer, scopes, groups or claim:<name>"),
+                    );
+                    continue;
+                }
+            },
+        };
+        let name: Box<[u8]> = header.to_ascii_lowercase().into_bytes().into();
+        strip.push(name.clone());
+        forward.push((name, source));
+    }
+    if !raw.forward_credentials {
+        if methods.iter().any(|m| matches!(m, Method::Jwt(_))) {
+            strip.push(b"authorization"[..].into());
+        }
+        if methods.contains(&Method::ApiKey) {
+            strip.push(auth.api_key_header.clone());
+        }
+    }
+    RouteAuth {
+        methods: methods.into(),
+        scopes: raw.scopes.iter().map(|s| s.as_str().into()).collect(),
+        groups: raw.groups.iter().map(|s| s.as_str().into()).collect(),
+        claims: claims.into(),
+        forward: forward.into(),
+        strip: strip.into(),
+    }
+}
