@@ -28,6 +28,25 @@ fn store_up(gw: &Gateway, up: bool) -> Metrics {
     })
 }
 
+fn syncs(gw: &Gateway) -> f64 {
+    scrape(gw).sum("ringgate_rate_limit_store_syncs_total", &[("result", "ok")])
+}
+
+/// Waits until what `from` admitted so far is in `to`'s tables: three of
+/// `from`'s syncs (its workers report once per interval, the sync after
+/// that pushes), then two of `to`'s (one reads the stream after the push).
+/// A sync's figures move only after its messages reached the workers.
+fn settle(from: &Gateway, to: &Gateway) {
+    let pushed = syncs(from) + 3.0;
+    wait_metric(from, |m| {
+        m.sum("ringgate_rate_limit_store_syncs_total", &[("result", "ok")]) >= pushed
+    });
+    let read = syncs(to) + 2.0;
+    wait_metric(to, |m| {
+        m.sum("ringgate_rate_limit_store_syncs_total", &[("result", "ok")]) >= read
+    });
+}
+
 fn keyed(c: &mut Client, key: &str) -> u16 {
     c.request(&format!(
         "GET /k HTTP/1.1\r\nHost: t\r\nX-Key: {key}\r\n\r\n"
@@ -52,13 +71,8 @@ fn two_gateways_enforce_one_limit() {
         assert_eq!(keyed(&mut ca, "one"), 200);
     }
     assert_eq!(keyed(&mut ca, "one"), 429);
-    // ...is refused on B, on every worker, once B has heard of it.
-    wait_metric(&b, |m| {
-        m.sum(
-            "ringgate_rate_limit_store_keys_total",
-            &[("direction", "received")],
-        ) >= 1.0
-    });
+    // ...is refused on B, on every worker, once B has heard of all of it.
+    settle(&a, &b);
     for _ in 0..10 {
         let mut cb = Client::connect(b.main());
         let r = cb.request("GET /k HTTP/1.1\r\nHost: t\r\nX-Key: one\r\n\r\n");
@@ -84,13 +98,15 @@ fn two_gateways_enforce_one_limit() {
     }
     eprintln!("admitted {admitted} of a limit of 20 on two instances (bound 80)");
     assert!((20..=80).contains(&admitted), "admitted {admitted}");
+    settle(&a, &b);
+    settle(&b, &a);
     for (gw, before) in [(&a, before[0]), (&b, before[1])] {
-        wait_metric(gw, |m| {
-            m.sum(
+        assert!(
+            scrape(gw).sum(
                 "ringgate_rate_limit_store_keys_total",
                 &[("direction", "received")],
             ) > before
-        });
+        );
     }
     assert_eq!(keyed(&mut ca, "two"), 429);
     assert_eq!(keyed(&mut cb, "two"), 429);
