@@ -101,7 +101,8 @@ pub fn run(config_path: PathBuf, config: Config) -> Result<(), StartError> {
         Some(cfg) => Some(start_store(cfg, &config, &handles, &state, &logs)?),
         None => None,
     };
-    if handles.len() > 1 || store.is_some() {
+    let jwks = start_key_fetcher(&config, &handles, &state)?;
+    {
         for (i, h) in handles.iter().enumerate() {
             let workers = handles
                 .iter()
@@ -112,6 +113,7 @@ pub fn run(config_path: PathBuf, config: Config) -> Result<(), StartError> {
             let peers = worker::Peers {
                 workers,
                 store: store.clone(),
+                jwks: Some(jwks.clone()),
             };
             let _ = h.control.send_blocking(Control::Peers(peers));
         }
@@ -129,6 +131,9 @@ pub fn run(config_path: PathBuf, config: Config) -> Result<(), StartError> {
             SIGHUP => {
                 let ok = reload(&config_path, &handles, &mut current, &logs);
                 if ok {
+                    let _ = jwks.try_send(crate::auth::jwks::FetchMsg::Sources(remote_sources(
+                        &current,
+                    )));
                     if let Ok(mut w) = watch.lock() {
                         *w = watch_list(&current);
                     }
@@ -196,6 +201,40 @@ fn start_store(
     std::thread::Builder::new()
         .name("ringgate-ratelimit-sync".into())
         .spawn(move || store.run(rx, publish))?;
+    Ok(tx)
+}
+
+/// Issuers whose keys are fetched.
+fn remote_sources(config: &Config) -> Vec<crate::auth::jwks::RemoteSource> {
+    config
+        .auth
+        .issuers
+        .iter()
+        .filter_map(|i| i.remote.clone())
+        .collect()
+}
+
+/// Fetches every remote issuer's keys once (before the gateway reports
+/// ready), then starts the thread that refreshes them; returns where
+/// workers and reloads send refetch requests and new sources.
+fn start_key_fetcher(
+    config: &Config,
+    handles: &[WorkerHandle],
+    state: &AdminState,
+) -> Result<mpsc::SyncSender<crate::auth::jwks::FetchMsg>, StartError> {
+    use crate::auth::jwks::Fetcher;
+    let workers: Vec<_> = handles.iter().map(|h| h.control.clone()).collect();
+    let publish = move |issuer: &str, keys: Arc<crate::auth::jwt::KeySet>| {
+        for w in &workers {
+            let _ = w.try_send(Control::AuthKeys(issuer.into(), keys.clone()));
+        }
+    };
+    let mut fetcher = Fetcher::new(remote_sources(config), state.jwks.clone());
+    fetcher.fetch_due(&publish);
+    let (tx, rx) = mpsc::sync_channel(64);
+    std::thread::Builder::new()
+        .name("ringgate-keys".into())
+        .spawn(move || fetcher.run(rx, publish))?;
     Ok(tx)
 }
 

@@ -359,17 +359,17 @@ fn pipelined_requests_are_answered_in_order() {
 fn works_with_a_real_http_client() {
     let up = Upstream::with(|r| Reply::ok(&format!("{} {}", r.method, r.target)));
     let gw = gateway("io_uring", &up, "");
-    let agent = ureq::AgentBuilder::new().build();
+    let agent = ureq::Agent::new_with_defaults();
     let base = format!("http://{}", gw.main());
     for i in 0..20 {
-        let r = agent.get(&format!("{base}/n/{i}")).call().unwrap();
-        assert_eq!(r.into_string().unwrap(), format!("GET /n/{i}"));
+        let mut r = agent.get(&format!("{base}/n/{i}")).call().unwrap();
+        assert_eq!(
+            r.body_mut().read_to_string().unwrap(),
+            format!("GET /n/{i}")
+        );
     }
-    let r = agent
-        .post(&format!("{base}/p"))
-        .send_string("payload")
-        .unwrap();
-    assert_eq!(r.into_string().unwrap(), "POST /p");
+    let mut r = agent.post(&format!("{base}/p")).send("payload").unwrap();
+    assert_eq!(r.body_mut().read_to_string().unwrap(), "POST /p");
     assert_eq!(up.requests().last().unwrap().body, b"payload");
 }
 

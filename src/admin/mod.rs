@@ -55,6 +55,8 @@ pub struct AdminState {
     pub reloads_refused: AtomicU64,
     /// The cluster store's sync figures (all zero when not configured).
     pub store: Arc<crate::ratelimit::cluster::StoreFigures>,
+    /// Signing-key fetches per issuer.
+    pub jwks: Arc<crate::auth::jwks::JwksFigures>,
     logs: Arc<Logs>,
 }
 
@@ -67,6 +69,7 @@ impl AdminState {
             reloads_ok: AtomicU64::new(0),
             reloads_refused: AtomicU64::new(0),
             store: Arc::default(),
+            jwks: Arc::default(),
             logs,
         }
     }
@@ -222,6 +225,11 @@ async fn route(req: &RequestView<'_>, state: &AdminState, exporter: &Exporter) -
                 reloads_refused: state.reloads_refused.load(Ordering::Relaxed),
                 logs: state.logs.figures(),
                 store,
+                jwks: state
+                    .jwks
+                    .lock()
+                    .map(|m| m.iter().map(|(k, v)| (k.to_string(), *v)).collect())
+                    .unwrap_or_default(),
             };
             (200, PROMETHEUS, exporter.render(&reports, &process).into())
         }

@@ -109,6 +109,9 @@ pub struct Issuer {
     pub max_token_bytes: usize,
     /// Claim holding groups/roles (string or array of strings).
     pub groups_claim: Box<str>,
+    /// Keys fetched from a JWKS URL or through OIDC discovery; the workers
+    /// hold the current set (see `jwks.rs`).
+    pub remote: Option<super::jwks::RemoteSource>,
 }
 
 #[derive(serde::Deserialize)]
@@ -125,15 +128,24 @@ fn b64(part: &[u8]) -> Result<Vec<u8>, Reject> {
         .map_err(|_| Reject::Malformed)
 }
 
-/// A verified token: who, and until when (`exp`, seconds since the epoch).
+/// A verified token: who, until when (`exp`, seconds since the epoch), and
+/// under which key set.
 pub struct Verified {
     pub principal: Principal,
     pub exp: u64,
+    pub key_set: u64,
 }
 
 impl Issuer {
-    /// Verifies `token` at `now` (seconds since the epoch).
-    pub fn verify(&self, token: &[u8], now: u64) -> Result<Verified, Reject> {
+    /// Verifies `token` at `now` (seconds since the epoch) with the
+    /// configured keys and, when the issuer has remote keys, the current
+    /// remote set.
+    pub fn verify(
+        &self,
+        token: &[u8],
+        now: u64,
+        remote: Option<&KeySet>,
+    ) -> Result<Verified, Reject> {
         if token.len() > self.max_token_bytes {
             return Err(Reject::TooLarge);
         }
@@ -164,29 +176,28 @@ impl Issuer {
             Some(_) => return Err(Reject::Malformed),
         };
         let family = family_of(alg);
-        let mut candidates = self
-            .keys
-            .keys
-            .iter()
-            .filter(|k| k.family() == family && k.alg.is_none_or(|a| a == alg))
-            .filter(|k| kid.is_none() || k.kid.as_deref() == kid)
+        let sets = std::iter::once(&self.keys).chain(remote);
+        let mut candidates = sets
+            .flat_map(|set| set.keys.iter().map(move |k| (set.id, k)))
+            .filter(|(_, k)| k.family() == family && k.alg.is_none_or(|a| a == alg))
+            .filter(|(_, k)| kid.is_none() || k.kid.as_deref() == kid)
             .peekable();
         if candidates.peek().is_none() {
             return Err(Reject::UnknownKey);
         }
         let message = &token[..h.len() + 1 + p.len()];
         let sig = std::str::from_utf8(sig).map_err(|_| Reject::Malformed)?;
-        let good = candidates
-            .any(|k| jsonwebtoken::crypto::verify(sig, message, &k.key, alg).unwrap_or(false));
-        if !good {
-            return Err(Reject::Signature);
-        }
+        let key_set = candidates
+            .find(|(_, k)| jsonwebtoken::crypto::verify(sig, message, &k.key, alg).unwrap_or(false))
+            .map(|(id, _)| id)
+            .ok_or(Reject::Signature)?;
         let claims: Map<String, Value> =
             serde_json::from_slice(&b64(p)?).map_err(|_| Reject::Malformed)?;
         let exp = self.check_claims(&claims, now)?;
         Ok(Verified {
             principal: Principal::from_claims(claims, &self.groups_claim, &self.name),
             exp,
+            key_set,
         })
     }
 
@@ -305,6 +316,7 @@ mod tests {
             leeway: 60,
             max_token_bytes: 8192,
             groups_claim: "groups".into(),
+            remote: None,
         }
     }
 

@@ -15,16 +15,19 @@
 //! the response says only which of the three it was.
 
 pub mod apikey;
+pub mod jwks;
 pub mod jwt;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::{mpsc, Arc};
 
 use serde_json::{Map, Value};
 
 use crate::http::head::RequestView;
 use apikey::{ApiKeys, Consumer};
-use jwt::Issuer;
+use jwt::{Issuer, KeySet};
 
 /// Who a verified token says the request is from.
 #[derive(Debug)]
@@ -248,9 +251,12 @@ pub fn bearer<'b>(req: &RequestView<'b>) -> Option<&'b [u8]> {
         .filter(|t| !t.is_empty())
 }
 
-/// Per-worker verified-token cache and its counters.
+/// Per-worker authentication state: the verified-token cache, the remote
+/// key sets by issuer name, and where to ask for a refetch.
 pub struct AuthState {
-    cache: std::cell::RefCell<TokenCache>,
+    cache: RefCell<TokenCache>,
+    remote: RefCell<HashMap<Box<str>, Arc<KeySet>>>,
+    refetch: RefCell<Option<mpsc::SyncSender<jwks::FetchMsg>>>,
     pub hits: Cell<u64>,
     pub misses: Cell<u64>,
 }
@@ -258,10 +264,21 @@ pub struct AuthState {
 impl AuthState {
     pub fn new(entries: usize, seed: u64) -> AuthState {
         AuthState {
-            cache: std::cell::RefCell::new(TokenCache::new(entries, seed)),
+            cache: RefCell::new(TokenCache::new(entries, seed)),
+            remote: RefCell::new(HashMap::new()),
+            refetch: RefCell::new(None),
             hits: Cell::new(0),
             misses: Cell::new(0),
         }
+    }
+
+    /// Installs an issuer's newly fetched keys.
+    pub fn set_keys(&self, issuer: &str, keys: Arc<KeySet>) {
+        self.remote.borrow_mut().insert(issuer.into(), keys);
+    }
+
+    pub fn set_refetch(&self, tx: mpsc::SyncSender<jwks::FetchMsg>) {
+        *self.refetch.borrow_mut() = Some(tx);
     }
 }
 
@@ -320,9 +337,19 @@ pub fn verify_token<'a>(
     state: &AuthState,
 ) -> Result<Identity<'a>, &'static str> {
     let mut cache = state.cache.borrow_mut();
+    let remote = state.remote.borrow();
+    let remote_of = |i: &Issuer| {
+        i.remote
+            .as_ref()
+            .and_then(|_| remote.get(&i.name))
+            .map(|k| &**k)
+    };
     if let Some((idx, key_set, principal)) = cache.get(token, now) {
-        let current = cfg.issuers.get(idx);
-        if issuer.is_none_or(|i| i == idx) && current.is_some_and(|i| i.keys.id == key_set) {
+        let current = cfg
+            .issuers
+            .get(idx)
+            .is_some_and(|i| i.keys.id == key_set || remote_of(i).is_some_and(|k| k.id == key_set));
+        if issuer.is_none_or(|i| i == idx) && current {
             state.hits.set(state.hits.get() + 1);
             return Ok(Identity::Token(principal));
         }
@@ -337,19 +364,26 @@ pub fn verify_token<'a>(
         let Some(iss) = cfg.issuers.get(idx) else {
             continue;
         };
-        match iss.verify(token, now) {
+        match iss.verify(token, now, remote_of(iss)) {
             Ok(v) => {
                 let principal = Rc::new(v.principal);
                 cache.put(CacheEntry {
                     token: token.into(),
                     issuer: idx,
-                    key_set: iss.keys.id,
+                    key_set: v.key_set,
                     valid_until: v.exp.saturating_add(iss.leeway),
                     principal: principal.clone(),
                 });
                 return Ok(Identity::Token(principal));
             }
             Err(e) => {
+                if e == jwt::Reject::UnknownKey && iss.remote.is_some() {
+                    // Perhaps rotated: ask for the keys again (rate-limited
+                    // by the fetch thread); this request does not wait.
+                    if let Some(tx) = state.refetch.borrow().as_ref() {
+                        let _ = tx.try_send(jwks::FetchMsg::Refetch(iss.name.clone()));
+                    }
+                }
                 first_error.get_or_insert(e.as_str());
             }
         }

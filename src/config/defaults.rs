@@ -234,6 +234,15 @@ pub fn jwt_leeway() -> Duration {
 pub fn jwt_max_token_bytes() -> ByteSize {
     ByteSize(8 * 1024)
 }
+pub fn jwks_refresh() -> Duration {
+    Duration(StdDuration::from_secs(300))
+}
+pub fn jwks_refetch_min() -> Duration {
+    Duration(StdDuration::from_secs(10))
+}
+pub fn jwks_fetch_timeout() -> Duration {
+    Duration(StdDuration::from_secs(5))
+}
 pub fn jwt_groups_claim() -> String {
     "groups".into()
 }

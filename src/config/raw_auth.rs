@@ -52,6 +52,20 @@ pub struct RawIssuer {
     pub jwks: Option<String>,
     /// A file holding an HMAC secret (at least 32 bytes).
     pub hmac_secret_file: Option<String>,
+    /// A JWKS URL, fetched in the background.
+    pub jwks_url: Option<String>,
+    /// An issuer URL whose OIDC discovery document names the JWKS.
+    pub discovery: Option<String>,
+    /// Remote keys are refreshed this often unless the response's max-age
+    /// says otherwise.
+    #[serde(default = "d::jwks_refresh")]
+    pub refresh: Duration,
+    /// Least time between two fetches (unknown-kid refetches, retries).
+    #[serde(default = "d::jwks_refetch_min")]
+    pub refetch_min_interval: Duration,
+    /// Bound on one fetch.
+    #[serde(default = "d::jwks_fetch_timeout")]
+    pub fetch_timeout: Duration,
     #[serde(default = "d::jwt_leeway")]
     pub leeway: Duration,
     #[serde(default = "d::jwt_max_token_bytes")]

@@ -99,6 +99,11 @@ pub mod names {
     /// Counter: verified-token cache lookups, by `worker` and `result`
     /// (`hit`, `miss`: a full verification).
     pub const AUTH_CACHE: &str = "ringgate_auth_token_cache_total";
+    /// Counter: signing-key fetches (JWKS, OIDC discovery), by `issuer` and
+    /// `result` (`ok`, `error`).
+    pub const JWKS_FETCHES: &str = "ringgate_auth_jwks_fetches_total";
+    /// Gauge: signing keys of the last good fetch, by `issuer`.
+    pub const JWKS_KEYS: &str = "ringgate_auth_jwks_keys";
     /// Counter: config reloads, by `result` (`ok`, `refused`).
     pub const CONFIG_RELOADS: &str = "ringgate_config_reloads_total";
     /// Counter: log lines dropped because the writer fell behind, by `log`
@@ -432,6 +437,8 @@ pub struct ProcessFigures {
     /// `(log, written, dropped)`.
     pub logs: Vec<(&'static str, u64, u64)>,
     pub store: crate::ratelimit::cluster::StoreSnapshot,
+    /// `(issuer, fetches ok, fetches failed, keys)`.
+    pub jwks: Vec<(String, (u64, u64, u64))>,
 }
 
 /// The admin thread's recorder: the facade's counters and gauges land here.
@@ -587,6 +594,15 @@ fn emit(reports: &[WorkerReport], process: &ProcessFigures) {
     for &(log, written, dropped) in &process.logs {
         counter!(names::LOG_LINES, "log" => log).absolute(written);
         counter!(names::LOG_DROPPED, "log" => log).absolute(dropped);
+    }
+
+    describe_counter!(names::JWKS_FETCHES, "Signing-key fetches by issuer.");
+    describe_gauge!(names::JWKS_KEYS, "Signing keys of the last good fetch.");
+    for (issuer, (ok, failed, keys)) in &process.jwks {
+        counter!(names::JWKS_FETCHES, "issuer" => issuer.clone(), "result" => "ok").absolute(*ok);
+        counter!(names::JWKS_FETCHES, "issuer" => issuer.clone(), "result" => "error")
+            .absolute(*failed);
+        gauge!(names::JWKS_KEYS, "issuer" => issuer.clone()).set(*keys as f64);
     }
 
     let store = process.store;

@@ -224,6 +224,8 @@ pub enum Control {
     RateAhead(Arc<Vec<(u64, u64)>>),
     /// Refuse rate-limited requests (cluster store down, failing closed).
     RateRefuse(bool),
+    /// An issuer's signing keys, fetched anew.
+    AuthKeys(Box<str>, Arc<crate::auth::jwt::KeySet>),
     Shutdown,
 }
 
@@ -233,6 +235,8 @@ pub struct Peers {
     pub workers: Vec<async_channel::Sender<Control>>,
     /// The cluster store's sync thread, in cluster mode.
     pub store: Option<std::sync::mpsc::SyncSender<crate::ratelimit::Deltas>>,
+    /// The signing-key fetch thread, for refetches on unknown `kid`s.
+    pub jwks: Option<std::sync::mpsc::SyncSender<crate::auth::jwks::FetchMsg>>,
 }
 
 /// The event loop a worker runs on.
@@ -431,10 +435,17 @@ async fn run(
             Ok(Control::Collect(reply)) => {
                 let _ = reply.try_send(ctx.report(driver));
             }
-            Ok(Control::Peers(peers)) => {
+            Ok(Control::Peers(mut peers)) => {
+                if let Some(jwks) = peers.jwks.take() {
+                    ctx.auth.set_refetch(jwks);
+                }
+                let share = !peers.workers.is_empty() || peers.store.is_some();
                 *ctx.peers.borrow_mut() = peers;
-                monoio::spawn(share_rate_limits(ctx.clone()));
+                if share {
+                    monoio::spawn(share_rate_limits(ctx.clone()));
+                }
             }
+            Ok(Control::AuthKeys(issuer, keys)) => ctx.auth.set_keys(&issuer, keys),
             Ok(Control::RateDeltas(deltas)) => ctx.limiter.apply(&deltas, ctx.now_ns()),
             Ok(Control::RateAhead(ahead)) => ctx.limiter.raise(&ahead, ctx.now_ns()),
             Ok(Control::RateRefuse(refuse)) => ctx.limiter.set_refusing(refuse),

@@ -9,6 +9,7 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 
 use super::{is_token, Checker};
 use crate::auth::apikey::{parse_hash, ApiKeys, Consumer, StoredKey};
+use crate::auth::jwks::{KeySource, RemoteSource};
 use crate::auth::jwt::{family_of, parse_jwks, Issuer, Key, KeySet};
 use crate::auth::{AuthConfig, ClaimRule, Method, RouteAuth, Source};
 use crate::config::diagnostic::KeyPath;
@@ -197,14 +198,16 @@ fn issuer(c: &mut Checker<'_>, p: &KeyPath, raw: &RawIssuer, dir: &Path) -> Issu
             format!("an HMAC key is shorter than {MIN_HMAC_SECRET} bytes"),
         );
     }
+    let remote = remote_source(c, p, raw);
     let no_source = raw.pem_files.is_empty()
         && raw.jwks_file.is_none()
         && raw.jwks.is_none()
-        && raw.hmac_secret_file.is_none();
+        && raw.hmac_secret_file.is_none()
+        && remote.is_none();
     if no_source {
         c.error(
             &p.key("name"),
-            "no keys: set pem_files, jwks_file, jwks or hmac_secret_file",
+            "no keys: set pem_files, jwks_file, jwks, hmac_secret_file, jwks_url or discovery",
         );
     }
     if raw.max_token_bytes.0 < 64 || raw.max_token_bytes.0 > 64 * 1024 {
@@ -222,7 +225,47 @@ fn issuer(c: &mut Checker<'_>, p: &KeyPath, raw: &RawIssuer, dir: &Path) -> Issu
         leeway: raw.leeway.0.as_secs(),
         max_token_bytes: raw.max_token_bytes.0 as usize,
         groups_claim: raw.groups_claim.as_str().into(),
+        remote,
     }
+}
+
+fn remote_source(c: &mut Checker<'_>, p: &KeyPath, raw: &RawIssuer) -> Option<RemoteSource> {
+    let is_url = |u: &str| u.starts_with("https://") || u.starts_with("http://");
+    let source = match (&raw.jwks_url, &raw.discovery) {
+        (None, None) => return None,
+        (Some(_), Some(_)) => {
+            c.error(&p.key("discovery"), "set jwks_url or discovery, not both");
+            return None;
+        }
+        (Some(u), None) if is_url(u) => KeySource::Jwks(u.clone()),
+        (None, Some(u)) if is_url(u) => KeySource::Discovery(u.clone()),
+        (Some(_), None) => {
+            c.error(&p.key("jwks_url"), "must be an http:// or https:// URL");
+            return None;
+        }
+        (None, Some(_)) => {
+            c.error(&p.key("discovery"), "must be an http:// or https:// URL");
+            return None;
+        }
+    };
+    let secs = |d: &crate::config::units::Duration| d.0;
+    if secs(&raw.refresh) < std::time::Duration::from_secs(10) {
+        c.error(&p.key("refresh"), "must be at least 10s");
+    }
+    if secs(&raw.refetch_min_interval) < std::time::Duration::from_secs(1) {
+        c.error(&p.key("refetch_min_interval"), "must be at least 1s");
+    }
+    if raw.fetch_timeout.0.is_zero() || raw.fetch_timeout.0 > std::time::Duration::from_secs(60) {
+        c.error(&p.key("fetch_timeout"), "must be between 1ms and 60s");
+    }
+    Some(RemoteSource {
+        issuer: raw.name.as_str().into(),
+        source,
+        expected_issuer: raw.issuer.clone(),
+        refresh: raw.refresh.0,
+        refetch_min: raw.refetch_min_interval.0,
+        timeout: raw.fetch_timeout.0.max(std::time::Duration::from_millis(1)),
+    })
 }
 
 pub(super) fn route_auth(
