@@ -12,8 +12,9 @@
 //! - `upstream`: clusters, balancers, keep-alive pools, passive health.
 //! - `ratelimit`: GCRA policies, per-worker tables, cross-core sync, the
 //!   Redis-backed cluster mode.
-//! - `auth`: JWT issuers and keys, API-key consumers, per-route
-//!   authorization, identity headers, the per-worker verified-token cache.
+//! - `auth`: JWT issuers and keys (files, JWKS, OIDC discovery), API-key
+//!   consumers, per-route authorization, identity headers, the per-worker
+//!   verified-token cache, the OAuth2 client-credentials token endpoint.
 //! - `security`: path normalisation, client address behind trusted proxies,
 //!   IP allow/deny lists, response header policy, CORS, request validation.
 //! - `admin`: the admin listener (`/healthz`, `/readyz`, `/metrics`,

@@ -62,6 +62,11 @@ pub fn hash_key(key: &[u8]) -> String {
     out
 }
 
+/// The SHA-256 of a key or secret, as stored.
+pub fn hash_key_bytes(key: &[u8]) -> [u8; 32] {
+    Sha256::digest(key).into()
+}
+
 /// Parses `sha256:<64 hex digits>`.
 pub fn parse_hash(text: &str) -> Option<[u8; 32]> {
     let hex = text.strip_prefix("sha256:")?;

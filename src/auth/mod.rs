@@ -3,6 +3,9 @@
 //!
 //! - `jwt.rs`: token verification against configured issuers and keys.
 //! - `apikey.rs`: consumers and their hashed API keys.
+//! - `jwks.rs`: remote keys (JWKS URLs, OIDC discovery) on a background
+//!   thread.
+//! - `token_endpoint.rs`: the OAuth2 client-credentials token endpoint.
 //! - this file: the per-route policy ([`RouteAuth`]), the [`Identity`] a
 //!   successful method yields, the authorization checks, identity headers
 //!   for the upstream, and the per-worker verified-token cache.
@@ -17,6 +20,7 @@
 pub mod apikey;
 pub mod jwks;
 pub mod jwt;
+pub mod token_endpoint;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -134,6 +138,8 @@ pub struct AuthConfig {
     pub api_key_header: Box<[u8]>,
     /// Verified tokens cached per worker.
     pub cache_entries: usize,
+    /// The client-credentials token endpoint, when configured.
+    pub token: Option<token_endpoint::TokenIssuer>,
 }
 
 impl std::fmt::Debug for AuthConfig {

@@ -542,6 +542,9 @@ pub struct RawRoute {
     pub concurrency: Option<RawConcurrency>,
     /// Who may use the route.
     pub auth: Option<super::raw_auth::RawRouteAuth>,
+    /// The gateway answers as its OAuth2 "token" endpoint or publishes its
+    /// "jwks".
+    pub oauth2: Option<String>,
     /// Path properties this route accepts ("encoded_slash", "backslash",
     /// "double_encoding", "invalid_utf8").
     #[serde(default)]

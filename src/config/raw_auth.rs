@@ -19,6 +19,40 @@ pub struct RawAuth {
     pub jwt: Vec<RawIssuer>,
     #[serde(default)]
     pub consumers: Vec<RawConsumer>,
+    /// The client-credentials token endpoint.
+    pub token_endpoint: Option<RawTokenEndpoint>,
+    /// Clients of the token endpoint.
+    #[serde(default)]
+    pub clients: Vec<RawTokenClient>,
+}
+
+/// `[auth.token_endpoint]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTokenEndpoint {
+    /// `iss` of the tokens issued.
+    pub issuer: String,
+    pub audience: Option<String>,
+    /// "ES256" or "EdDSA".
+    pub algorithm: String,
+    /// PKCS#8 PEM private key.
+    pub signing_key_file: String,
+    /// Its public key, PEM.
+    pub public_key_file: String,
+    pub kid: String,
+    #[serde(default = "d::token_lifetime")]
+    pub lifetime: Duration,
+}
+
+/// `[[auth.clients]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTokenClient {
+    pub id: String,
+    /// `sha256:<hex>` of the client secret (`ringgate hash-key`).
+    pub secret_hash: String,
+    #[serde(default)]
+    pub scopes: Vec<String>,
 }
 
 impl Default for RawAuth {
@@ -28,6 +62,8 @@ impl Default for RawAuth {
             api_key_header: d::api_key_header(),
             jwt: Vec::new(),
             consumers: Vec::new(),
+            token_endpoint: None,
+            clients: Vec::new(),
         }
     }
 }

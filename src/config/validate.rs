@@ -245,7 +245,7 @@ fn build(c: &mut Checker<'_>, raw: RawConfig, dir: &std::path::Path) -> Config {
                 format!("duplicate route name {:?}", rr.name),
             );
         }
-        if let Some(mut r) = route(c, &p, rr, i, &clusters, limits.max_body_bytes) {
+        if let Some(mut r) = route(c, &p, rr, i, &clusters, limits.max_body_bytes, &auth_config) {
             r.policy = route_policy(c, &p, rr, &raw.security, dir, &mut watched);
             let mut limits = Vec::new();
             for (j, name) in rr.rate_limits.iter().enumerate() {
@@ -445,6 +445,7 @@ fn route(
     order: usize,
     clusters: &[ClusterConfig],
     default_body: u64,
+    auth: &crate::auth::AuthConfig,
 ) -> Option<Route> {
     let m = &rr.matcher;
     let mp = p.key("match");
@@ -525,8 +526,33 @@ fn route(
         });
     }
     let action = match (&rr.proxy, &rr.respond) {
+        (None, None) if rr.oauth2.is_some() => {
+            let op = p.key("oauth2");
+            match (rr.oauth2.as_deref(), &auth.token) {
+                (_, None) => {
+                    c.error(&op, "needs [auth.token_endpoint]");
+                    return None;
+                }
+                (Some("token"), Some(_)) => Action::OAuth2Token,
+                (Some("jwks"), Some(t)) => Action::Respond(DirectResponse {
+                    status: 200,
+                    headers: Box::new([
+                        ("content-type".into(), "application/json".into()),
+                        ("cache-control".into(), "public, max-age=300".into()),
+                    ]),
+                    body: t.jwks.as_bytes().into(),
+                }),
+                (other, _) => {
+                    c.error(&op, format!("{other:?} is not \"token\" or \"jwks\""));
+                    return None;
+                }
+            }
+        }
         (Some(_), Some(_)) | (None, None) => {
-            c.error(p, "a route needs exactly one of `proxy` or `respond`");
+            c.error(
+                p,
+                "a route needs exactly one of `proxy`, `respond` and `oauth2`",
+            );
             return None;
         }
         (Some(px), None) => {

@@ -564,33 +564,73 @@ async fn stages<S: Stream>(
         }
     }
     match &route.action {
-        Action::Respond(direct) => {
-            let head_only = d.head.method == Method::Head;
-            let conn = d.conn_header(keep);
-            d.consume_head();
-            render_direct(
-                &mut d.wbuf,
-                direct,
-                id,
-                conn,
-                head_only,
-                &[&d.gateway_fields, &d.extra],
-            );
-            d.rec.status = direct.status;
-            d.rec.bytes_out = d.wbuf.len() as u64;
-            match write_all(&mut d.stream, &mut d.wbuf).await {
-                Ok(()) if keep => Next::KeepAlive,
-                _ => Next::Close,
-            }
-        }
+        Action::Respond(direct) => send_direct(d, direct, id, keep).await,
         Action::Proxy(action) => proxy::forward(ctx, snap, d, route, action, id).await,
+        Action::OAuth2Token => token_endpoint(snap, d, route, id, keep).await,
     }
 }
 
+/// Writes a response the gateway makes itself (a route's `respond`).
+async fn send_direct<S: Stream>(
+    d: &mut Downstream<S>,
+    direct: &crate::routing::DirectResponse,
+    id: &RequestId,
+    keep: bool,
+) -> Next {
+    let head_only = d.head.method == Method::Head;
+    let conn = d.conn_header(keep);
+    d.consume_head();
+    render_direct(
+        &mut d.wbuf,
+        direct,
+        id,
+        conn,
+        head_only,
+        &[&d.gateway_fields, &d.extra],
+    );
+    d.rec.status = direct.status;
+    d.rec.bytes_out = d.wbuf.len() as u64;
+    match write_all(&mut d.stream, &mut d.wbuf).await {
+        Ok(()) if keep => Next::KeepAlive,
+        _ => Next::Close,
+    }
+}
+
+/// The OAuth2 token endpoint: POST with a form body, answered here.
+async fn token_endpoint<S: Stream>(
+    snap: &Snapshot,
+    d: &mut Downstream<S>,
+    route: &Route,
+    id: &RequestId,
+    keep: bool,
+) -> Next {
+    let Some(issuer) = snap.config.auth.token.as_ref() else {
+        return respond_error(d, GatewayError::Unavailable, id, keep).await;
+    };
+    if d.head.method != Method::Post {
+        d.extra.extend_from_slice(b"allow: POST\r\n");
+        return respond_error(d, GatewayError::MethodNotAllowed, id, keep).await;
+    }
+    if !d.buffered {
+        if let Some(next) = buffer_body(snap, d, route, id).await {
+            return next;
+        }
+    }
+    let view = RequestView {
+        head: &d.head,
+        buf: &d.rbuf[d.start..],
+    };
+    let answer = issuer.handle(&view, &d.body, unix_now());
+    let direct = crate::routing::DirectResponse {
+        status: answer.status,
+        headers: answer.headers.into(),
+        body: answer.body.into_bytes().into(),
+    };
+    send_direct(d, &direct, id, d.head.keep_alive).await
+}
+
 /// Reads the request body into `d.body` and checks it against the route's
-/// schema. `Some(next)` when the request was answered here. The head stays
-/// where it is in the read buffer: body bytes are moved to a scratch buffer
-/// and bytes after the body (pipelined requests) are put back behind it.
+/// schema. `Some(next)` when the request was answered here.
 async fn buffer_and_check_json<S: Stream>(
     snap: &Snapshot,
     d: &mut Downstream<S>,
@@ -598,12 +638,35 @@ async fn buffer_and_check_json<S: Stream>(
     rules: &crate::security::validate::Validate,
     id: &RequestId,
 ) -> Option<Next> {
-    use super::body::{collect, BodyError};
-    use super::io::{Inbound, ReadError};
     let bodyful = matches!(d.head.method, Method::Post | Method::Put | Method::Patch);
     if d.head.framing == Framing::Empty && !rules.body_required.unwrap_or(bodyful) {
         return None;
     }
+    if let Some(next) = buffer_body(snap, d, route, id).await {
+        return Some(next);
+    }
+    let keep = d.head.keep_alive;
+    if let Err(problem) = rules.check_json(&d.body) {
+        let mut detail = Vec::new();
+        problem.render(&mut detail);
+        return Some(respond_error_detail(d, GatewayError::InvalidBody, id, keep, &detail).await);
+    }
+    None
+}
+
+/// Reads the request body whole into `d.body` (up to the route's body
+/// limit); it is then forwarded, if at all, as a Content-Length body from
+/// there. `Some(next)` when the request was answered here. The head stays
+/// where it is in the read buffer: body bytes are moved to a scratch buffer
+/// and bytes after the body (pipelined requests) are put back behind it.
+async fn buffer_body<S: Stream>(
+    snap: &Snapshot,
+    d: &mut Downstream<S>,
+    route: &Route,
+    id: &RequestId,
+) -> Option<Next> {
+    use super::body::{collect, BodyError};
+    use super::io::{Inbound, ReadError};
     if d.head.expect_continue {
         d.scratch.clear();
         d.scratch
@@ -656,12 +719,6 @@ async fn buffer_and_check_json<S: Stream>(
     // Forwarded as a Content-Length body from the buffer.
     d.head.framing = Framing::Length(d.body.len() as u64);
     d.buffered = true;
-    let keep = d.head.keep_alive;
-    if let Err(problem) = rules.check_json(&d.body) {
-        let mut detail = Vec::new();
-        problem.render(&mut detail);
-        return Some(respond_error_detail(d, GatewayError::InvalidBody, id, keep, &detail).await);
-    }
     None
 }
 

@@ -208,7 +208,7 @@ pub fn finish<S: Stream>(
     let (method, path, query, trace) = rec.parts();
     let cluster = route.and_then(|r| match &r.action {
         Action::Proxy(p) => Some(snap.config.clusters[p.cluster].name.as_str()),
-        Action::Respond(_) => None,
+        Action::Respond(_) | Action::OAuth2Token => None,
     });
     let record = AccessRecord {
         request_id: id.as_bytes(),

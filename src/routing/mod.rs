@@ -108,6 +108,8 @@ pub struct HeaderMatch {
 pub enum Action {
     Proxy(ProxyAction),
     Respond(DirectResponse),
+    /// The OAuth2 client-credentials token endpoint (`auth.token_endpoint`).
+    OAuth2Token,
 }
 
 #[derive(Debug, Clone)]

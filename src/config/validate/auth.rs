@@ -11,6 +11,7 @@ use super::{is_token, Checker};
 use crate::auth::apikey::{parse_hash, ApiKeys, Consumer, StoredKey};
 use crate::auth::jwks::{KeySource, RemoteSource};
 use crate::auth::jwt::{family_of, parse_jwks, Issuer, Key, KeySet};
+use crate::auth::token_endpoint::{public_jwk, TokenClient, TokenIssuer};
 use crate::auth::{AuthConfig, ClaimRule, Method, RouteAuth, Source};
 use crate::config::diagnostic::KeyPath;
 use crate::config::raw_auth::{RawAuth, RawIssuer, RawRouteAuth};
@@ -88,12 +89,148 @@ pub(super) fn auth(c: &mut Checker<'_>, p: &KeyPath, raw: &RawAuth, dir: &Path) 
             });
         }
     }
+    let token = raw
+        .token_endpoint
+        .as_ref()
+        .and_then(|te| token_endpoint(c, &p.key("token_endpoint"), te, raw, dir));
+    let token = token.map(|(endpoint, own)| {
+        if issuers.iter().any(|i| &*i.name == GATEWAY_ISSUER) {
+            c.error(
+                &p.key("jwt"),
+                format!("the issuer name {GATEWAY_ISSUER:?} is taken by the token endpoint"),
+            );
+        }
+        issuers.push(own);
+        endpoint
+    });
     AuthConfig {
+        token,
         issuers,
         api_keys,
         api_key_header: raw.api_key_header.to_ascii_lowercase().into_bytes().into(),
         cache_entries: raw.cache_entries as usize,
     }
+}
+
+/// The issuer name under which the gateway verifies its own tokens.
+pub const GATEWAY_ISSUER: &str = "gateway";
+
+fn token_endpoint(
+    c: &mut Checker<'_>,
+    p: &KeyPath,
+    raw: &crate::config::raw_auth::RawTokenEndpoint,
+    auth: &RawAuth,
+    dir: &Path,
+) -> Option<(TokenIssuer, Issuer)> {
+    use jsonwebtoken::EncodingKey;
+    let alg = match raw.algorithm.as_str() {
+        "ES256" => Algorithm::ES256,
+        "EdDSA" => Algorithm::EdDSA,
+        other => {
+            c.error(
+                &p.key("algorithm"),
+                format!("{other:?} is not \"ES256\" or \"EdDSA\""),
+            );
+            return None;
+        }
+    };
+    let read = |c: &mut Checker<'_>, key: &str, file: &str| -> Option<Vec<u8>> {
+        let path = dir.join(file);
+        std::fs::read(&path)
+            .map_err(|e| c.error(&p.key(key), format!("{}: {e}", path.display())))
+            .ok()
+    };
+    let private = read(c, "signing_key_file", &raw.signing_key_file)?;
+    let public = read(c, "public_key_file", &raw.public_key_file)?;
+    let (key, decoding) = match alg {
+        Algorithm::ES256 => (
+            EncodingKey::from_ec_pem(&private),
+            DecodingKey::from_ec_pem(&public),
+        ),
+        _ => (
+            EncodingKey::from_ed_pem(&private),
+            DecodingKey::from_ed_pem(&public),
+        ),
+    };
+    let Ok(key) = key else {
+        c.error(
+            &p.key("signing_key_file"),
+            format!("not a PKCS#8 PEM {} private key", raw.algorithm),
+        );
+        return None;
+    };
+    let Ok(decoding) = decoding else {
+        c.error(
+            &p.key("public_key_file"),
+            format!("not a PEM {} public key", raw.algorithm),
+        );
+        return None;
+    };
+    // The two must be a pair: sign a probe and verify it.
+    let probe = jsonwebtoken::crypto::sign(b"ringgate key check", &key, alg).ok();
+    let paired = probe.is_some_and(|sig| {
+        jsonwebtoken::crypto::verify(&sig, b"ringgate key check", &decoding, alg).unwrap_or(false)
+    });
+    if !paired {
+        c.error(&p.key("public_key_file"), "does not match the signing key");
+        return None;
+    }
+    let lifetime = raw.lifetime.0.as_secs();
+    if !(60..=86_400).contains(&lifetime) {
+        c.error(&p.key("lifetime"), "must be between 1m and 24h");
+    }
+    let jwk = public_jwk(alg, decoding.as_bytes(), &raw.kid);
+    let jwks = serde_json::json!({ "keys": jwk.into_iter().collect::<Vec<_>>() }).to_string();
+    let mut clients = Vec::new();
+    let mut ids = HashSet::new();
+    for (i, rc) in auth.clients.iter().enumerate() {
+        let cp = KeyPath::root().key("auth").key("clients").index(i);
+        if rc.id.is_empty() || rc.id.contains(':') || !ids.insert(rc.id.as_str()) {
+            c.error(
+                &cp.key("id"),
+                format!("empty, duplicate or with ':' {:?}", rc.id),
+            );
+        }
+        match parse_hash(&rc.secret_hash) {
+            Some(secret_hash) => clients.push(TokenClient {
+                id: rc.id.as_str().into(),
+                secret_hash,
+                scopes: rc.scopes.iter().map(|s| s.as_str().into()).collect(),
+            }),
+            None => c.error(
+                &cp.key("secret_hash"),
+                "not \"sha256:<64 hex digits>\" (see `ringgate hash-key`)",
+            ),
+        }
+    }
+    let issuer = Issuer {
+        name: GATEWAY_ISSUER.into(),
+        iss: Some(raw.issuer.clone()),
+        audiences: raw.audience.iter().cloned().collect(),
+        algorithms: vec![alg],
+        keys: KeySet::new(vec![Key {
+            kid: Some(raw.kid.clone()),
+            key: decoding,
+            alg: Some(alg),
+        }]),
+        leeway: 60,
+        max_token_bytes: 8 * 1024,
+        groups_claim: "groups".into(),
+        remote: None,
+    };
+    Some((
+        TokenIssuer {
+            iss: raw.issuer.clone(),
+            audience: raw.audience.clone(),
+            alg,
+            kid: raw.kid.clone(),
+            key,
+            jwks,
+            lifetime,
+            clients,
+        },
+        issuer,
+    ))
 }
 
 fn issuer(c: &mut Checker<'_>, p: &KeyPath, raw: &RawIssuer, dir: &Path) -> Issuer {
