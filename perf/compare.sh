@@ -5,7 +5,7 @@
 #   perf/compare.sh [--reps N] [--duration SECONDS] [--connections N]
 #                   [--scenarios "small 16k 1m post64k newconn"] [--no-latency] [--no-idle]
 #                   [--observability] [--baseline PATH-TO-RINGGATE-BINARY]
-#                   [--ip-list N] [--rate-limit]
+#                   [--ip-list N] [--rate-limit] [--jwt RS256|ES256]
 #
 # --observability adds the target ringgate-obs: the same build with the
 # access log on (to a file) besides the always-on metrics. --baseline adds
@@ -14,6 +14,10 @@
 # take part in the throughput phase only. --ip-list N gives every ringgate
 # target except the baseline a global deny list file of N entries;
 # --rate-limit puts them behind a per-client policy far above the load.
+# --jwt ALG makes their route require a JWT (keys from tests/fixtures/auth)
+# and adds the scenario "jwt": small GETs carrying one valid token (so the
+# verified-token cache is warm after the first request); peers and the
+# baseline get the same header and ignore it.
 #
 # Layout (2 cores): every proxy runs ONE worker pinned to core 0; the origin
 # (nginx serving fixed bodies) and the load generator (wrk) are pinned to
@@ -52,11 +56,13 @@ EXTRA=""
 BASELINE=""
 IP_LIST=0
 RATE_LIMIT=0
+JWT_ALG=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --observability) EXTRA="$EXTRA ringgate-obs"; shift ;;
     --ip-list) IP_LIST=$2; shift 2 ;;
     --rate-limit) RATE_LIMIT=1; shift ;;
+    --jwt) JWT_ALG=$2; shift 2 ;;
     --baseline) BASELINE=$(realpath "$2"); EXTRA="$EXTRA ringgate-base"; shift 2 ;;
     --no-latency) LATENCY=0; shift ;;
     --no-idle) IDLE=0; shift ;;
@@ -185,6 +191,43 @@ proxy = { cluster = "origin" }
 EOF
 # The baseline gets the plain config; the others an IP deny list if asked.
 sed -e "s/:$P_RINGGATE\"/:$P_RINGGATE_BASE\"/" "$WORK/ringgate.toml" > "$WORK/ringgate-base.toml"
+if [ -n "$JWT_ALG" ]; then
+  case "$JWT_ALG" in
+    RS256) key=rsa ;; ES256) key=ec256 ;;
+    *) echo "--jwt takes RS256 or ES256" >&2; exit 2 ;;
+  esac
+  fixtures="$ROOT/tests/fixtures/auth"
+  # A token signed with openssl (ES256 signatures converted from DER to r||s).
+  token=$(python3 - "$JWT_ALG" "$fixtures/$key.key.pem" <<'PY'
+import base64, json, subprocess, sys, time
+alg, key = sys.argv[1], sys.argv[2]
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+head = b64(json.dumps({"alg": alg, "typ": "JWT"}).encode())
+body = b64(json.dumps({"sub": "bench", "exp": int(time.time()) + 86400, "scope": "read"}).encode())
+msg = f"{head}.{body}".encode()
+sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", key], input=msg, capture_output=True, check=True).stdout
+if alg == "ES256":
+    def ints(der):
+        i, out = 2, []
+        while i < len(der):
+            n = der[i + 1]; out.append(int.from_bytes(der[i + 2:i + 2 + n], "big")); i += 2 + n
+        return out
+    r, s = ints(sig)
+    sig = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+print(f"{head}.{body}.{b64(sig)}")
+PY
+)
+  # The file ends with the route: its key first, then the issuer table.
+  printf 'auth = { methods = ["jwt"] }
+[[auth.jwt]]
+name = "bench"
+algorithms = ["%s"]
+pem_files = [{ file = "%s" }]
+' \
+    "$JWT_ALG" "$fixtures/$key.pub.pem" >> "$WORK/ringgate.toml"
+  printf 'wrk.headers["Authorization"] = "Bearer %s"\n' "$token" > "$WORK/jwt.lua"
+  SCENARIOS="jwt"
+fi
 if [ "$RATE_LIMIT" = 1 ]; then
   # The file ends with the route: its key first, then the policy table.
   printf 'rate_limits = ["bench"]\n[[rate_limit.policies]]\nname = "bench"\nrate = 100000000\nper = "1s"\nkey = ["client_ip"]\n' >> "$WORK/ringgate.toml"
@@ -251,6 +294,7 @@ wrk_args() {
     1m) echo "/1m" ;;
     post64k) echo "-s $WORK/post.lua /post" ;;
     newconn) echo "-s $WORK/close.lua /small" ;;
+    jwt) echo "-s $WORK/jwt.lua /small" ;;
   esac
 }
 
