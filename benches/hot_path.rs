@@ -179,6 +179,8 @@ fn rewrite(c: &mut Criterion) {
         traceparent: None,
         strip: &[],
         identity: b"",
+        strip_cookie: None,
+        strip_query: None,
     };
     let mut out = Vec::with_capacity(4096);
     g.bench_function("render_into_reused_buffer", |b| {

@@ -442,3 +442,58 @@ fn short_hmac_secrets_and_unknown_issuers_are_refused_at_load() {
         assert!(err.contains(want), "{want} in {err}");
     }
 }
+
+#[test]
+fn tokens_from_a_cookie_a_header_or_the_query_are_removed_before_forwarding() {
+    let up = Upstream::with(|r| Reply::ok(&r.target));
+    let route = |name: &str, from: &str| {
+        format!(
+            "[[routes]]\nname = \"{name}\"\nmatch = {{ prefix = \"/{name}\" }}\nproxy = {{ cluster = \"c\" }}\n\
+             auth = {{ methods = [\"jwt\"], token_from = \"{from}\" }}\n\n"
+        )
+    };
+    let gw = Gateway::start(&config(
+        "io_uring",
+        &format!(
+            "[[auth.jwt]]\nname = \"idp\"\nalgorithms = [\"HS256\"]\nhmac_secret_file = \"{}\"\n\n{}{}{}{}",
+            fixture("hs.secret"),
+            cluster("c", &[&up], ""),
+            route("cookie", "cookie:session"),
+            route("header", "header:x-token"),
+            route("query", "query:access_token"),
+        ),
+    ));
+    let t = sign(Algorithm::HS256, "hs.secret", None, &claims(json!({})));
+    let send = |raw: String| request(gw.main(), &raw);
+
+    let r = send(format!(
+        "GET /cookie/a HTTP/1.1\r\nHost: t\r\nCookie: theme=dark; session={t}; lang=en\r\n\r\n"
+    ));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.wait_requests(1);
+    assert_eq!(seen[0].header("cookie"), Some("theme=dark; lang=en"));
+
+    let r = send(format!(
+        "GET /header/a HTTP/1.1\r\nHost: t\r\nX-Token: {t}\r\n\r\n"
+    ));
+    assert_eq!(r.status, 200);
+    assert_eq!(up.wait_requests(2)[1].header("x-token"), None);
+
+    let r = send(format!(
+        "GET /query/a?page=2&access_token={t}&sort=asc HTTP/1.1\r\nHost: t\r\n\r\n"
+    ));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "/query/a?page=2&sort=asc");
+
+    // The bearer header is not looked at on these routes, and a token in
+    // the wrong place is no token.
+    let r = send(format!(
+        "GET /cookie/a HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {t}\r\n\r\n"
+    ));
+    assert_refused(&r, 401, None, &t);
+    let r = send(format!(
+        "GET /query/a?token={t} HTTP/1.1\r\nHost: t\r\n\r\n"
+    ));
+    assert_refused(&r, 401, None, &t);
+    assert_eq!(up.request_count(), 3);
+}

@@ -185,10 +185,67 @@ pub enum ClaimRule {
     Contains(Box<str>, Box<str>),
 }
 
+/// Where a route looks for a bearer JWT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `Authorization: Bearer <token>`.
+    Bearer,
+    /// The whole value of this (lowercase) header.
+    Header(Box<[u8]>),
+    /// This cookie of the `Cookie` header.
+    Cookie(Box<[u8]>),
+    /// This query parameter (raw name); opt-in, as URLs end up in logs.
+    Query(Box<[u8]>),
+}
+
+/// The cookie `name` of the request's `Cookie` fields.
+pub fn cookie<'b>(req: &RequestView<'b>, name: &[u8]) -> Option<&'b [u8]> {
+    req.head
+        .headers
+        .iter()
+        .filter(|h| h.name.get(req.buf).eq_ignore_ascii_case(b"cookie"))
+        .flat_map(|h| h.value.get(req.buf).split(|&b| b == b';'))
+        .find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let (k, v) = pair.split_at(pair.iter().position(|&b| b == b'=')?);
+            (k == name).then_some(&v[1..])
+        })
+}
+
+/// The query parameter `name` (raw bytes) of `query` (with its `?`).
+pub fn query_param<'b>(query: &'b [u8], name: &[u8]) -> Option<&'b [u8]> {
+    query
+        .strip_prefix(b"?")
+        .unwrap_or(query)
+        .split(|&b| b == b'&')
+        .find_map(|pair| {
+            let at = pair.iter().position(|&b| b == b'=')?;
+            (&pair[..at] == name).then_some(&pair[at + 1..])
+        })
+}
+
+impl TokenSource {
+    fn token<'b>(&self, req: &RequestView<'b>) -> Option<&'b [u8]> {
+        let found = match self {
+            TokenSource::Bearer => bearer(req),
+            TokenSource::Header(n) => req.header(n).map(<[u8]>::trim_ascii),
+            TokenSource::Cookie(n) => cookie(req, n),
+            TokenSource::Query(n) => query_param(req.query(), n),
+        };
+        found.filter(|t| !t.is_empty())
+    }
+}
+
 /// A route's `auth` table.
 #[derive(Debug, Clone)]
 pub struct RouteAuth {
     pub methods: Box<[Method]>,
+    /// Where JWTs are looked for.
+    pub token: TokenSource,
+    /// Cookie and query parameter removed before forwarding (the token's,
+    /// unless `forward_credentials`).
+    pub strip_cookie: Option<Box<[u8]>>,
+    pub strip_query: Option<Box<[u8]>>,
     /// All required.
     pub scopes: Box<[Box<str>]>,
     /// Any one required.
@@ -301,7 +358,7 @@ pub fn check<'a>(
     let mut identity = None;
     for &method in route.methods.iter() {
         let result = match method {
-            Method::Jwt(issuer) => match bearer(req) {
+            Method::Jwt(issuer) => match route.token.token(req) {
                 None => continue,
                 Some(token) => verify_token(cfg, issuer, token, now, state),
             },
@@ -546,5 +603,20 @@ impl TokenCache {
     pub fn put(&mut self, entry: CacheEntry) {
         let i = self.slot(&entry.token);
         self.slots[i] = Some(entry);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parameters_by_raw_name() {
+        assert_eq!(
+            query_param(b"?a=1&token=xyz&b", b"token"),
+            Some(&b"xyz"[..])
+        );
+        assert_eq!(query_param(b"?tokens=1", b"token"), None);
+        assert_eq!(query_param(b"", b"token"), None);
     }
 }

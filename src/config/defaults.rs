@@ -243,6 +243,9 @@ pub fn jwks_refetch_min() -> Duration {
 pub fn jwks_fetch_timeout() -> Duration {
     Duration(StdDuration::from_secs(5))
 }
+pub fn token_from() -> String {
+    "bearer".into()
+}
 pub fn token_lifetime() -> Duration {
     Duration(StdDuration::from_secs(900))
 }

@@ -159,6 +159,10 @@ pub struct RawRouteAuth {
     /// Pass `Authorization` / the API key header on to the upstream.
     #[serde(default)]
     pub forward_credentials: bool,
+    /// Where JWTs are: "bearer", "header:<name>", "cookie:<name>" or
+    /// "query:<name>".
+    #[serde(default = "d::token_from")]
+    pub token_from: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -273,12 +273,16 @@ fn build(c: &mut Checker<'_>, raw: RawConfig, dir: &std::path::Path) -> Config {
             }
             r.rate_limits = limits.into();
             if let Some(ra) = &rr.auth {
-                r.auth = Some(Box::new(auth::route_auth(
-                    c,
-                    &p.key("auth"),
-                    ra,
-                    &auth_config,
-                )));
+                let checked = auth::route_auth(c, &p.key("auth"), ra, &auth_config);
+                let logged = access_log.query == crate::observability::access_log::QueryMode::Keep
+                    && access_log.destination.is_some();
+                if logged && matches!(checked.token, crate::auth::TokenSource::Query(_)) {
+                    c.error(
+                        &p.key("auth").key("token_from"),
+                        "a token in the query would be written to the access log (access_log.query = \"keep\")",
+                    );
+                }
+                r.auth = Some(Box::new(checked));
             }
             if let Some(rc) = &rr.concurrency {
                 let cp = p.key("concurrency");

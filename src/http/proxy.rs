@@ -145,6 +145,8 @@ pub async fn forward<S: Stream>(
         traceparent: traceparent.as_ref().map(|t| &t[..]),
         strip: route.auth.as_ref().map_or(&[], |a| &a.strip[..]),
         identity: &d.identity,
+        strip_cookie: route.auth.as_ref().and_then(|a| a.strip_cookie.as_deref()),
+        strip_query: route.auth.as_ref().and_then(|a| a.strip_query.as_deref()),
     };
     let view = RequestView {
         head: &d.head,
@@ -531,6 +533,52 @@ pub struct UpstreamHead<'a> {
     pub strip: &'a [Box<[u8]>],
     /// Identity header lines the gateway adds.
     pub identity: &'a [u8],
+    /// A cookie and a query parameter not passed on (a route's token).
+    pub strip_cookie: Option<&'a [u8]>,
+    pub strip_query: Option<&'a [u8]>,
+}
+
+/// Writes `query` (with its `?`) without the parameters named `name`.
+fn push_query_without(out: &mut Vec<u8>, query: &[u8], name: &[u8]) {
+    let mut first = true;
+    for pair in query
+        .strip_prefix(b"?")
+        .unwrap_or(query)
+        .split(|&b| b == b'&')
+    {
+        let key = pair.split(|&b| b == b'=').next().unwrap_or_default();
+        if key == name || pair.is_empty() {
+            continue;
+        }
+        out.push(if first { b'?' } else { b'&' });
+        out.extend_from_slice(pair);
+        first = false;
+    }
+}
+
+/// Writes a `Cookie` field without the cookie `name` (nothing when it was
+/// the only one).
+fn push_cookie_without(out: &mut Vec<u8>, value: &[u8], name: &[u8]) {
+    let start = out.len();
+    out.extend_from_slice(b"cookie: ");
+    let mut kept = 0;
+    for pair in value.split(|&b| b == b';') {
+        let pair = pair.trim_ascii();
+        let key = pair.split(|&b| b == b'=').next().unwrap_or_default();
+        if key == name || pair.is_empty() {
+            continue;
+        }
+        if kept > 0 {
+            out.extend_from_slice(b"; ");
+        }
+        out.extend_from_slice(pair);
+        kept += 1;
+    }
+    if kept == 0 {
+        out.truncate(start);
+    } else {
+        out.extend_from_slice(b"\r\n");
+    }
 }
 
 /// Renders the upstream request head for `view` into `out`: request line
@@ -561,7 +609,10 @@ pub fn render_request_head(out: &mut Vec<u8>, view: RequestView<'_>, up: &Upstre
     if out.get(target_start) != Some(&b'/') && path != b"*" {
         out.insert(target_start, b'/');
     }
-    out.extend_from_slice(view.query());
+    match up.strip_query {
+        None => out.extend_from_slice(view.query()),
+        Some(name) => push_query_without(out, view.query(), name),
+    }
     out.extend_from_slice(b" HTTP/1.1\r\n");
 
     let client_host = view.host();
@@ -592,6 +643,10 @@ pub fn render_request_head(out: &mut Vec<u8>, view: RequestView<'_>, up: &Upstre
                     || name.eq_ignore_ascii_case(b"tracestate")))
             || up.strip.iter().any(|n| name.eq_ignore_ascii_case(n))
         {
+            continue;
+        }
+        if let (Some(c), true) = (up.strip_cookie, name.eq_ignore_ascii_case(b"cookie")) {
+            push_cookie_without(out, h.value.get(view.buf), c);
             continue;
         }
         push_field(out, name, h.value.get(view.buf));

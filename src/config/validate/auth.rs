@@ -12,7 +12,7 @@ use crate::auth::apikey::{parse_hash, ApiKeys, Consumer, StoredKey};
 use crate::auth::jwks::{KeySource, RemoteSource};
 use crate::auth::jwt::{family_of, parse_jwks, Issuer, Key, KeySet};
 use crate::auth::token_endpoint::{public_jwk, TokenClient, TokenIssuer};
-use crate::auth::{AuthConfig, ClaimRule, Method, RouteAuth, Source};
+use crate::auth::{AuthConfig, ClaimRule, Method, RouteAuth, Source, TokenSource};
 use crate::config::diagnostic::KeyPath;
 use crate::config::raw_auth::{RawAuth, RawIssuer, RawRouteAuth};
 
@@ -477,9 +477,37 @@ pub(super) fn route_auth(
         strip.push(name.clone());
         forward.push((name, source));
     }
+    let name_of = |rest: &str| -> Box<[u8]> { rest.as_bytes().into() };
+    let token = match raw.token_from.split_once(':') {
+        None if raw.token_from == "bearer" => TokenSource::Bearer,
+        Some(("header", n)) if is_token(n) => {
+            TokenSource::Header(n.to_ascii_lowercase().into_bytes().into())
+        }
+        Some(("cookie", n)) if is_token(n) => TokenSource::Cookie(name_of(n)),
+        Some(("query", n))
+            if !n.is_empty()
+                && n.bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"&=#?".contains(&b)) =>
+        {
+            TokenSource::Query(name_of(n))
+        }
+        _ => {
+            c.error(
+                &p.key("token_from"),
+                format!("{:?} is not \"bearer\", \"header:<name>\", \"cookie:<name>\" or \"query:<name>\"", raw.token_from),
+            );
+            TokenSource::Bearer
+        }
+    };
+    let (mut strip_cookie, mut strip_query) = (None, None);
     if !raw.forward_credentials {
         if methods.iter().any(|m| matches!(m, Method::Jwt(_))) {
-            strip.push(b"authorization"[..].into());
+            match &token {
+                TokenSource::Bearer => strip.push(b"authorization"[..].into()),
+                TokenSource::Header(n) => strip.push(n.clone()),
+                TokenSource::Cookie(n) => strip_cookie = Some(n.clone()),
+                TokenSource::Query(n) => strip_query = Some(n.clone()),
+            }
         }
         if methods.contains(&Method::ApiKey) {
             strip.push(auth.api_key_header.clone());
@@ -487,6 +515,9 @@ pub(super) fn route_auth(
     }
     RouteAuth {
         methods: methods.into(),
+        token,
+        strip_cookie,
+        strip_query,
         scopes: raw.scopes.iter().map(|s| s.as_str().into()).collect(),
         groups: raw.groups.iter().map(|s| s.as_str().into()).collect(),
         claims: claims.into(),
