@@ -100,13 +100,6 @@ impl Identity<'_> {
         }
     }
 
-    pub fn method(&self) -> &'static str {
-        match self {
-            Identity::Token(_) => "jwt",
-            Identity::Consumer(_) => "api_key",
-        }
-    }
-
     fn scopes(&self) -> &[Box<str>] {
         match self {
             Identity::Token(p) => &p.scopes,

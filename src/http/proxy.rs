@@ -645,7 +645,10 @@ pub fn render_request_head(out: &mut Vec<u8>, view: RequestView<'_>, up: &Upstre
         {
             continue;
         }
-        if let (Some(c), true) = (up.strip_cookie, name.eq_ignore_ascii_case(b"cookie")) {
+        if let Some(c) = up
+            .strip_cookie
+            .filter(|_| name.eq_ignore_ascii_case(b"cookie"))
+        {
             push_cookie_without(out, h.value.get(view.buf), c);
             continue;
         }
