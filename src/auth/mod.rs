@@ -297,14 +297,29 @@ impl Denied {
     }
 }
 
-/// The bearer token of `Authorization`, if any.
-pub fn bearer<'b>(req: &RequestView<'b>) -> Option<&'b [u8]> {
+/// The credentials of `Authorization` under `scheme` (case-insensitive),
+/// if the field uses that scheme and carries any.
+pub fn authorization<'b>(req: &RequestView<'b>, scheme: &[u8]) -> Option<&'b [u8]> {
     let v = req.header(b"authorization")?;
-    let (scheme, rest) = v.split_at(v.iter().position(|&b| b == b' ')?);
-    scheme
-        .eq_ignore_ascii_case(b"bearer")
+    let (used, rest) = v.split_at(v.iter().position(|&b| b == b' ')?);
+    used.eq_ignore_ascii_case(scheme)
         .then(|| rest.trim_ascii())
         .filter(|t| !t.is_empty())
+}
+
+/// The bearer token of `Authorization`, if any.
+pub fn bearer<'b>(req: &RequestView<'b>) -> Option<&'b [u8]> {
+    authorization(req, b"bearer")
+}
+
+/// Writes `words` separated by single spaces.
+fn join_words<'w>(out: &mut Vec<u8>, words: impl Iterator<Item = &'w str>) {
+    for (i, w) in words.enumerate() {
+        if i > 0 {
+            out.push(b' ');
+        }
+        out.extend_from_slice(w.as_bytes());
+    }
 }
 
 /// Per-worker authentication state: the verified-token cache, the remote
@@ -485,14 +500,6 @@ impl RouteAuth {
             out.extend_from_slice(name);
             out.extend_from_slice(b": ");
             let value_start = out.len();
-            let join = |out: &mut Vec<u8>, list: &[Box<str>]| {
-                for (i, s) in list.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b' ');
-                    }
-                    out.extend_from_slice(s.as_bytes());
-                }
-            };
             match source {
                 Source::Subject => out.extend_from_slice(id.subject().as_bytes()),
                 Source::Consumer => out.extend_from_slice(id.consumer().unwrap_or("").as_bytes()),
@@ -500,20 +507,15 @@ impl RouteAuth {
                     Identity::Token(p) => out.extend_from_slice(p.issuer.as_bytes()),
                     Identity::Consumer(_) => {}
                 },
-                Source::Scopes => join(out, id.scopes()),
-                Source::Groups => join(out, id.groups()),
+                Source::Scopes => join_words(out, id.scopes().iter().map(|s| &**s)),
+                Source::Groups => join_words(out, id.groups().iter().map(|s| &**s)),
                 Source::Claim(c) => match id.claim(c) {
                     Some(Value::String(s)) => out.extend_from_slice(s.as_bytes()),
                     Some(v @ (Value::Number(_) | Value::Bool(_))) => {
                         out.extend_from_slice(v.to_string().as_bytes());
                     }
                     Some(Value::Array(list)) => {
-                        for (i, s) in list.iter().filter_map(Value::as_str).enumerate() {
-                            if i > 0 {
-                                out.push(b' ');
-                            }
-                            out.extend_from_slice(s.as_bytes());
-                        }
+                        join_words(out, list.iter().filter_map(Value::as_str));
                     }
                     _ => {}
                 },

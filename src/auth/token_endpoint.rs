@@ -65,13 +65,8 @@ fn error(status: u16, code: &str, basic: bool) -> TokenResponse {
 
 /// `Authorization: Basic` credentials, form-decoded per RFC 6749 2.3.1.
 fn basic_credentials(req: &RequestView<'_>) -> Option<(String, String)> {
-    let v = req.header(b"authorization")?;
-    let (scheme, rest) = v.split_at(v.iter().position(|&b| b == b' ')?);
-    if !scheme.eq_ignore_ascii_case(b"basic") {
-        return None;
-    }
     let raw = base64::engine::general_purpose::STANDARD
-        .decode(rest.trim_ascii())
+        .decode(super::authorization(req, b"basic")?)
         .ok()?;
     let text = String::from_utf8(raw).ok()?;
     let (id, secret) = text.split_once(':')?;
