@@ -102,6 +102,8 @@ pub fn run(config_path: PathBuf, config: Config) -> Result<(), StartError> {
         None => None,
     };
     let jwks = start_key_fetcher(&config, &handles, &state)?;
+    let mut introspectors = Introspectors::new(state.introspections.clone());
+    introspectors.start_if_needed(&config)?;
     {
         for (i, h) in handles.iter().enumerate() {
             let workers = handles
@@ -114,6 +116,7 @@ pub fn run(config_path: PathBuf, config: Config) -> Result<(), StartError> {
                 workers,
                 store: store.clone(),
                 jwks: Some(jwks.clone()),
+                introspect: Some(introspectors.jobs.clone()),
             };
             let _ = h.control.send_blocking(Control::Peers(peers));
         }
@@ -131,6 +134,9 @@ pub fn run(config_path: PathBuf, config: Config) -> Result<(), StartError> {
             SIGHUP => {
                 let ok = reload(&config_path, &handles, &mut current, &logs);
                 if ok {
+                    if let Err(e) = introspectors.start_if_needed(&current) {
+                        tracing::error!(error = %e, "cannot start the introspection threads");
+                    }
                     let _ = jwks.try_send(crate::auth::jwks::FetchMsg::Sources(remote_sources(
                         &current,
                     )));
@@ -236,6 +242,45 @@ fn start_key_fetcher(
         .name("ringgate-keys".into())
         .spawn(move || fetcher.run(rx, publish))?;
     Ok(tx)
+}
+
+/// The token introspection pool: its queue exists from the start (the
+/// workers hold its sender), its threads from the first config that names
+/// an endpoint. The thread count is read then and kept.
+struct Introspectors {
+    jobs: async_channel::Sender<crate::auth::introspect::Job>,
+    queue: async_channel::Receiver<crate::auth::introspect::Job>,
+    started: bool,
+    figures: Arc<crate::auth::introspect::IntrospectFigures>,
+}
+
+impl Introspectors {
+    fn new(figures: Arc<crate::auth::introspect::IntrospectFigures>) -> Introspectors {
+        // Room for a burst of first-seen tokens; beyond it requests are
+        // refused with 503 rather than queued without bound.
+        let (jobs, queue) = async_channel::bounded(1024);
+        Introspectors {
+            jobs,
+            queue,
+            started: false,
+            figures,
+        }
+    }
+
+    fn start_if_needed(&mut self, config: &Config) -> std::io::Result<()> {
+        if self.started || config.auth.introspection.is_empty() {
+            return Ok(());
+        }
+        let agent = crate::auth::introspect::agent();
+        for i in 0..config.auth.introspection_threads {
+            let (queue, agent, figures) = (self.queue.clone(), agent.clone(), self.figures.clone());
+            std::thread::Builder::new()
+                .name(format!("ringgate-introspect-{i}"))
+                .spawn(move || crate::auth::introspect::serve(queue, agent, figures))?;
+        }
+        self.started = true;
+        Ok(())
+    }
 }
 
 /// The list files a config read and how often to check them.

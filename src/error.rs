@@ -79,6 +79,10 @@ pub enum GatewayError {
     /// and `rate_limit.redis.failure = "closed"`.
     #[error("rate limit store unavailable")]
     RateLimitUnavailable,
+    /// 503: the route's token introspection endpoint gave no answer (down,
+    /// too slow, or its queue is full).
+    #[error("authentication unavailable")]
+    AuthUnavailable,
     /// 504: upstream connect or response head timed out.
     #[error("gateway timeout")]
     GatewayTimeout,
@@ -106,7 +110,8 @@ impl GatewayError {
             GatewayError::BadGateway => 502,
             GatewayError::Unavailable
             | GatewayError::Overloaded
-            | GatewayError::RateLimitUnavailable => 503,
+            | GatewayError::RateLimitUnavailable
+            | GatewayError::AuthUnavailable => 503,
             GatewayError::GatewayTimeout => 504,
         }
     }
@@ -135,6 +140,7 @@ impl GatewayError {
             GatewayError::Unavailable => "no upstream available",
             GatewayError::Overloaded => "too many requests in progress",
             GatewayError::RateLimitUnavailable => "rate limiting unavailable",
+            GatewayError::AuthUnavailable => "authentication unavailable",
             GatewayError::GatewayTimeout => "upstream timeout",
         }
     }

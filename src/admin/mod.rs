@@ -57,6 +57,7 @@ pub struct AdminState {
     pub store: Arc<crate::ratelimit::cluster::StoreFigures>,
     /// Signing-key fetches per issuer.
     pub jwks: Arc<crate::auth::jwks::JwksFigures>,
+    pub introspections: Arc<crate::auth::introspect::IntrospectFigures>,
     logs: Arc<Logs>,
 }
 
@@ -70,6 +71,7 @@ impl AdminState {
             reloads_refused: AtomicU64::new(0),
             store: Arc::default(),
             jwks: Arc::default(),
+            introspections: Arc::default(),
             logs,
         }
     }
@@ -225,11 +227,8 @@ async fn route(req: &RequestView<'_>, state: &AdminState, exporter: &Exporter) -
                 reloads_refused: state.reloads_refused.load(Ordering::Relaxed),
                 logs: state.logs.figures(),
                 store,
-                jwks: state
-                    .jwks
-                    .lock()
-                    .map(|m| m.iter().map(|(k, v)| (k.to_string(), *v)).collect())
-                    .unwrap_or_default(),
+                jwks: figures(&state.jwks),
+                introspections: figures(&state.introspections),
             };
             (200, PROMETHEUS, exporter.render(&reports, &process).into())
         }
@@ -254,6 +253,12 @@ async fn route(req: &RequestView<'_>, state: &AdminState, exporter: &Exporter) -
 }
 
 /// Asks every worker for its report and waits (bounded) for the answers.
+/// A per-name figures table, copied out from under its lock.
+fn figures(table: &crate::auth::NamedFigures) -> Vec<(String, (u64, u64, u64))> {
+    let m = table.lock().unwrap_or_else(|p| p.into_inner());
+    m.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
 async fn collect(state: &AdminState) -> Vec<WorkerReport> {
     let Some(workers) = state.workers.get() else {
         return Vec::new();

@@ -12,9 +12,8 @@
 //! wait on the network: a token whose key is not there yet is refused, and
 //! accepted once the refetch has landed.
 
-use std::collections::BTreeMap;
 use std::io::Read as _;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use super::jwt::{parse_jwks, KeySet};
@@ -54,7 +53,7 @@ pub enum FetchMsg {
 }
 
 /// Per-issuer figures for the metrics: `(fetches ok, fetches failed, keys)`.
-pub type JwksFigures = Mutex<BTreeMap<Box<str>, (u64, u64, u64)>>;
+pub type JwksFigures = super::NamedFigures;
 
 struct Entry {
     src: RemoteSource,

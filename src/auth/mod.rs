@@ -6,9 +6,11 @@
 //! - `jwks.rs`: remote keys (JWKS URLs, OIDC discovery) on a background
 //!   thread.
 //! - `token_endpoint.rs`: the OAuth2 client-credentials token endpoint.
+//! - `introspect.rs`: OAuth2 token introspection (RFC 7662) for opaque
+//!   tokens, on a small pool of threads.
 //! - this file: the per-route policy ([`RouteAuth`]), the [`Identity`] a
 //!   successful method yields, the authorization checks, identity headers
-//!   for the upstream, and the per-worker verified-token cache.
+//!   for the upstream, and the per-worker token caches.
 //!
 //! A route's `methods` are tried in order and the first whose credential
 //! is present and valid wins (any-of). No credential at all is 401 without
@@ -18,6 +20,7 @@
 //! the response says only which of the three it was.
 
 pub mod apikey;
+pub mod introspect;
 pub mod jwks;
 pub mod jwt;
 pub mod token_endpoint;
@@ -32,6 +35,10 @@ use serde_json::{Map, Value};
 use crate::http::head::RequestView;
 use apikey::{ApiKeys, Consumer};
 use jwt::{Issuer, KeySet};
+
+/// Three counters per configured name (issuer, endpoint), kept by a
+/// background thread and read by the admin thread.
+pub type NamedFigures = std::sync::Mutex<std::collections::BTreeMap<Box<str>, (u64, u64, u64)>>;
 
 /// Who a verified token says the request is from.
 #[derive(Debug)]
@@ -133,6 +140,10 @@ pub struct AuthConfig {
     pub cache_entries: usize,
     /// The client-credentials token endpoint, when configured.
     pub token: Option<token_endpoint::TokenIssuer>,
+    /// Introspection endpoints, by route methods' index.
+    pub introspection: Vec<Arc<introspect::Endpoint>>,
+    /// Threads making introspection calls (fixed at start).
+    pub introspection_threads: usize,
 }
 
 impl std::fmt::Debug for AuthConfig {
@@ -155,6 +166,9 @@ pub enum Method {
     /// from any configured issuer.
     Jwt(Option<usize>),
     ApiKey,
+    /// An opaque bearer token, introspected at this endpoint (index into
+    /// `AuthConfig::introspection`).
+    Introspection(usize),
 }
 
 /// What a forwarded identity header carries.
@@ -322,12 +336,40 @@ fn join_words<'w>(out: &mut Vec<u8>, words: impl Iterator<Item = &'w str>) {
     }
 }
 
-/// Per-worker authentication state: the verified-token cache, the remote
-/// key sets by issuer name, and where to ask for a refetch.
+/// A cached JWT verification.
+#[derive(Clone)]
+struct Verified {
+    issuer: usize,
+    key_set: u64,
+    principal: Rc<Principal>,
+}
+
+/// An introspection answer: the endpoint's id, and the principal of an
+/// active token (`None`: inactive).
+#[derive(Clone)]
+pub struct Introspected {
+    endpoint: u64,
+    principal: Option<Rc<Principal>>,
+}
+
+impl Introspected {
+    fn identity<'a>(&self) -> Result<Identity<'a>, &'static str> {
+        match &self.principal {
+            Some(p) => Ok(Identity::Token(p.clone())),
+            None => Err("inactive_token"),
+        }
+    }
+}
+
+/// Per-worker authentication state: the verified-token and introspection
+/// caches, the remote key sets by issuer name, where to ask for a refetch
+/// and where to send tokens to introspect.
 pub struct AuthState {
-    cache: RefCell<TokenCache>,
+    cache: RefCell<TokenCache<Verified>>,
+    introspected: RefCell<TokenCache<Introspected>>,
     remote: RefCell<HashMap<Box<str>, Arc<KeySet>>>,
     refetch: RefCell<Option<mpsc::SyncSender<jwks::FetchMsg>>>,
+    introspector: RefCell<Option<async_channel::Sender<introspect::Job>>>,
     pub hits: Cell<u64>,
     pub misses: Cell<u64>,
 }
@@ -336,11 +378,72 @@ impl AuthState {
     pub fn new(entries: usize, seed: u64) -> AuthState {
         AuthState {
             cache: RefCell::new(TokenCache::new(entries, seed)),
+            introspected: RefCell::new(TokenCache::new(entries, seed.rotate_left(17))),
             remote: RefCell::new(HashMap::new()),
             refetch: RefCell::new(None),
+            introspector: RefCell::new(None),
             hits: Cell::new(0),
             misses: Cell::new(0),
         }
+    }
+
+    pub fn set_introspector(&self, tx: async_channel::Sender<introspect::Job>) {
+        *self.introspector.borrow_mut() = Some(tx);
+    }
+
+    /// Asks the introspection pool about `token`, waiting at most the
+    /// endpoint's timeout (plus a second of queueing), and caches the
+    /// answer. `Err` with the audit reason when no answer came (503).
+    pub async fn introspect(
+        &self,
+        endpoint: &Arc<introspect::Endpoint>,
+        token: &str,
+        now: u64,
+    ) -> Result<Introspected, &'static str> {
+        use introspect::{Answer, Job};
+        let jobs = self
+            .introspector
+            .borrow()
+            .clone()
+            .ok_or("introspection_unavailable")?;
+        let (reply, answer) = async_channel::bounded(1);
+        let job = Job {
+            endpoint: endpoint.clone(),
+            token: token.into(),
+            now,
+            reply,
+        };
+        // A full queue means the endpoint is not keeping up: refuse now
+        // rather than queue without bound.
+        jobs.try_send(job).map_err(|_| "introspection_busy")?;
+        let wait = endpoint.timeout + std::time::Duration::from_secs(1);
+        let answer = match monoio::time::timeout(wait, answer.recv()).await {
+            Ok(Ok(a)) => a,
+            Ok(Err(_)) => return Err("introspection_unavailable"),
+            Err(_) => return Err("introspection_timeout"),
+        };
+        let (until, principal) = match answer {
+            Answer::Active(claims, until) => {
+                let mut p = Principal::from_claims(claims, &endpoint.groups_claim, &endpoint.name);
+                if p.subject.is_empty() {
+                    // RFC 7662 2.2: a client's own token may name no user.
+                    if let Some(Value::String(c)) = p.claims.get("client_id") {
+                        p.subject = c.as_str().into();
+                    }
+                }
+                (until, Some(Rc::new(p)))
+            }
+            Answer::Inactive(until) => (until, None),
+            Answer::Failed(why) => return Err(why),
+        };
+        let entry = Introspected {
+            endpoint: endpoint.id,
+            principal,
+        };
+        self.introspected
+            .borrow_mut()
+            .put(token.as_bytes(), until, entry.clone());
+        Ok(entry)
     }
 
     /// Installs an issuer's newly fetched keys.
@@ -353,15 +456,25 @@ impl AuthState {
     }
 }
 
+/// The outcome of [`check`].
+pub enum Checked<'a> {
+    Done(Result<Identity<'a>, Denied>),
+    /// The token must be introspected at this endpoint first (then call
+    /// [`check`] again with the answer).
+    Introspect(usize, Box<str>),
+}
+
 /// Authenticates and authorizes one request at `now` (seconds since the
-/// epoch).
+/// epoch). `fresh` holds the introspection answers just received, by
+/// endpoint index.
 pub fn check<'a>(
     route: &RouteAuth,
     cfg: &'a AuthConfig,
     req: &RequestView<'_>,
     now: u64,
     state: &AuthState,
-) -> Result<Identity<'a>, Denied> {
+    fresh: &[(usize, Introspected)],
+) -> Checked<'a> {
     let mut failure: Option<&'static str> = None;
     let mut identity = None;
     for &method in route.methods.iter() {
@@ -369,6 +482,21 @@ pub fn check<'a>(
             Method::Jwt(issuer) => match route.token.token(req) {
                 None => continue,
                 Some(token) => verify_token(cfg, issuer, token, now, state),
+            },
+            Method::Introspection(e) => match route.token.token(req) {
+                None => continue,
+                Some(token) => match fresh.iter().find(|(f, _)| *f == e) {
+                    Some((_, answer)) => answer.identity(),
+                    None => match introspected(cfg, e, token, now, state) {
+                        Ok(Some(answer)) => answer.identity(),
+                        Ok(None) => {
+                            // a valid token68 is ASCII
+                            let token = std::str::from_utf8(token).unwrap_or_default();
+                            return Checked::Introspect(e, token.into());
+                        }
+                        Err(reason) => Err(reason),
+                    },
+                },
             },
             Method::ApiKey => match req.header(&cfg.api_key_header) {
                 None => continue,
@@ -391,11 +519,42 @@ pub fn check<'a>(
     }
     let identity = match (identity, failure) {
         (Some(id), _) => id,
-        (None, Some(reason)) => return Err(Denied::Invalid(reason)),
-        (None, None) => return Err(Denied::Missing),
+        (None, Some(reason)) => return Checked::Done(Err(Denied::Invalid(reason))),
+        (None, None) => return Checked::Done(Err(Denied::Missing)),
     };
-    authorize(route, &identity)?;
-    Ok(identity)
+    Checked::Done(authorize(route, &identity).map(|()| identity))
+}
+
+/// The cached introspection answer for `token` at endpoint `e`: `Ok(None)`
+/// when the endpoint must be asked, `Err` when the token is refused
+/// without asking.
+fn introspected(
+    cfg: &AuthConfig,
+    e: usize,
+    token: &[u8],
+    now: u64,
+    state: &AuthState,
+) -> Result<Option<Introspected>, &'static str> {
+    let endpoint = cfg.introspection.get(e).ok_or("no_endpoint")?;
+    if token.len() > endpoint.max_token_bytes {
+        return Err("oversized_token");
+    }
+    // RFC 6750 2.1 b64token: anything else is not sent on.
+    let b64token = |b: &u8| b.is_ascii_alphanumeric() || b"-._~+/=".contains(b);
+    if !token.iter().all(b64token) {
+        return Err("malformed_token");
+    }
+    let cache = state.introspected.borrow();
+    match cache.get(token, now) {
+        Some(hit) if hit.endpoint == endpoint.id => {
+            state.hits.set(state.hits.get() + 1);
+            Ok(Some(hit.clone()))
+        }
+        _ => {
+            state.misses.set(state.misses.get() + 1);
+            Ok(None)
+        }
+    }
 }
 
 /// A bearer token against one issuer (`Some(index)`) or all of them,
@@ -415,14 +574,13 @@ pub fn verify_token<'a>(
             .and_then(|_| remote.get(&i.name))
             .map(|k| &**k)
     };
-    if let Some((idx, key_set, principal)) = cache.get(token, now) {
-        let current = cfg
-            .issuers
-            .get(idx)
-            .is_some_and(|i| i.keys.id == key_set || remote_of(i).is_some_and(|k| k.id == key_set));
-        if issuer.is_none_or(|i| i == idx) && current {
+    if let Some(hit) = cache.get(token, now) {
+        let current = cfg.issuers.get(hit.issuer).is_some_and(|i| {
+            i.keys.id == hit.key_set || remote_of(i).is_some_and(|k| k.id == hit.key_set)
+        });
+        if issuer.is_none_or(|i| i == hit.issuer) && current {
             state.hits.set(state.hits.get() + 1);
-            return Ok(Identity::Token(principal));
+            return Ok(Identity::Token(hit.principal.clone()));
         }
     }
     state.misses.set(state.misses.get() + 1);
@@ -438,13 +596,15 @@ pub fn verify_token<'a>(
         match iss.verify(token, now, remote_of(iss)) {
             Ok(v) => {
                 let principal = Rc::new(v.principal);
-                cache.put(CacheEntry {
-                    token: token.into(),
-                    issuer: idx,
-                    key_set: v.key_set,
-                    valid_until: v.exp.saturating_add(iss.leeway),
-                    principal: principal.clone(),
-                });
+                cache.put(
+                    token,
+                    v.exp.saturating_add(iss.leeway),
+                    Verified {
+                        issuer: idx,
+                        key_set: v.key_set,
+                        principal: principal.clone(),
+                    },
+                );
                 return Ok(Identity::Token(principal));
             }
             Err(e) => {
@@ -539,29 +699,28 @@ impl RouteAuth {
     }
 }
 
-/// A cached verification.
-pub struct CacheEntry {
+/// One cached answer about a token.
+struct CacheEntry<V> {
     token: Box<[u8]>,
-    issuer: usize,
-    key_set: u64,
-    /// `exp` plus leeway: the entry is not used from this second on.
+    /// The entry is not used from this second on.
     valid_until: u64,
-    principal: Rc<Principal>,
+    value: V,
 }
 
-/// Verified tokens of one worker: a fixed number of slots indexed by a
+/// Answers about tokens, per worker: a fixed number of slots indexed by a
 /// keyed hash of the token, each holding the whole token (compared in full
 /// before use, so a hash collision can only cost a verification, never
-/// skip one). An entry is used only until the token's `exp` (plus leeway)
-/// and only while its issuer's key set is the one that verified it.
-pub struct TokenCache {
-    slots: Box<[Option<CacheEntry>]>,
+/// skip one). JWT entries live until the token's `exp` (plus leeway) and
+/// are used only while their issuer's key set is the one that verified
+/// them; introspection entries live as the endpoint's answer allows.
+pub struct TokenCache<V> {
+    slots: Box<[Option<CacheEntry<V>>]>,
     mask: usize,
     seed: u64,
 }
 
-impl TokenCache {
-    pub fn new(entries: usize, seed: u64) -> TokenCache {
+impl<V> TokenCache<V> {
+    pub fn new(entries: usize, seed: u64) -> TokenCache<V> {
         let n = entries.max(1).next_power_of_two();
         TokenCache {
             slots: (0..n).map(|_| None).collect(),
@@ -584,20 +743,21 @@ impl TokenCache {
         (h as usize) & self.mask
     }
 
-    /// The issuer index, key set and principal of a cached, still valid
-    /// `token`.
-    pub fn get(&self, token: &[u8], now: u64) -> Option<(usize, u64, Rc<Principal>)> {
+    /// The answer cached for `token`, if still valid at `now`.
+    pub fn get(&self, token: &[u8], now: u64) -> Option<&V> {
         match &self.slots[self.slot(token)] {
-            Some(e) if &*e.token == token && now < e.valid_until => {
-                Some((e.issuer, e.key_set, e.principal.clone()))
-            }
+            Some(e) if &*e.token == token && now < e.valid_until => Some(&e.value),
             _ => None,
         }
     }
 
-    pub fn put(&mut self, entry: CacheEntry) {
-        let i = self.slot(&entry.token);
-        self.slots[i] = Some(entry);
+    pub fn put(&mut self, token: &[u8], valid_until: u64, value: V) {
+        let i = self.slot(token);
+        self.slots[i] = Some(CacheEntry {
+            token: token.into(),
+            valid_until,
+            value,
+        });
     }
 }
 

@@ -252,6 +252,18 @@ pub fn token_lifetime() -> Duration {
 pub fn jwt_groups_claim() -> String {
     "groups".into()
 }
+pub fn introspection_threads() -> u32 {
+    4
+}
+pub fn introspection_timeout() -> Duration {
+    Duration(StdDuration::from_secs(2))
+}
+pub fn introspection_max_ttl() -> Duration {
+    Duration(StdDuration::from_secs(300))
+}
+pub fn introspection_negative_ttl() -> Duration {
+    Duration(StdDuration::from_secs(10))
+}
 pub fn rate_limit_key() -> Vec<String> {
     vec!["client_ip".to_string()]
 }

@@ -24,6 +24,36 @@ pub struct RawAuth {
     /// Clients of the token endpoint.
     #[serde(default)]
     pub clients: Vec<RawTokenClient>,
+    /// OAuth2 token introspection endpoints.
+    #[serde(default)]
+    pub introspection: Vec<RawIntrospection>,
+    /// Threads making introspection calls; read at start only.
+    #[serde(default = "d::introspection_threads")]
+    pub introspection_threads: u32,
+}
+
+/// `[[auth.introspection]]`: an RFC 7662 endpoint for opaque tokens.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIntrospection {
+    pub name: String,
+    pub url: String,
+    pub client_id: String,
+    /// A file holding the client secret.
+    pub client_secret_file: String,
+    /// Bound on one call; a request waits at most this long (plus queueing).
+    #[serde(default = "d::introspection_timeout")]
+    pub timeout: Duration,
+    /// Longest an active answer is reused (also bounded by its `exp`).
+    #[serde(default = "d::introspection_max_ttl")]
+    pub cache_max_ttl: Duration,
+    /// How long an inactive answer is reused.
+    #[serde(default = "d::introspection_negative_ttl")]
+    pub negative_ttl: Duration,
+    #[serde(default = "d::jwt_max_token_bytes")]
+    pub max_token_bytes: ByteSize,
+    #[serde(default = "d::jwt_groups_claim")]
+    pub groups_claim: String,
 }
 
 /// `[auth.token_endpoint]`.
@@ -64,6 +94,8 @@ impl Default for RawAuth {
             consumers: Vec::new(),
             token_endpoint: None,
             clients: Vec::new(),
+            introspection: Vec::new(),
+            introspection_threads: d::introspection_threads(),
         }
     }
 }
@@ -144,7 +176,8 @@ pub struct RawApiKey {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRouteAuth {
-    /// "jwt" (any issuer), "jwt:<issuer>", "api_key"; any one suffices.
+    /// "jwt" (any issuer), "jwt:<issuer>", "api_key",
+    /// "introspection:<endpoint>"; any one suffices.
     pub methods: Vec<String>,
     #[serde(default)]
     pub scopes: Vec<String>,

@@ -349,8 +349,6 @@ async fn exchange<S: Stream>(ctx: &WorkerCtx, snap: &Snapshot, d: &mut Downstrea
     next
 }
 
-/// The method a request is routed by: a CORS preflight is routed as the
-/// request it asks about.
 /// Seconds since the Unix epoch (the clock token lifetimes are checked
 /// against; a vDSO read, no syscall).
 fn unix_now() -> u64 {
@@ -359,6 +357,8 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The method a request is routed by: a CORS preflight is routed as the
+/// request it asks about.
 fn routing_method(view: &RequestView<'_>) -> Method {
     if view.head.method == Method::Options && view.header(b"origin").is_some() {
         if let Some(m) = view.header(b"access-control-request-method") {
@@ -456,36 +456,10 @@ async fn stages<S: Stream>(
     // authentication and authorization
     let identity = match &route.auth {
         None => None,
-        Some(ra) => {
-            let view = RequestView {
-                head: &d.head,
-                buf: &d.rbuf[d.start..],
-            };
-            match crate::auth::check(ra, &cfg.auth, &view, unix_now(), &ctx.auth) {
-                Ok(who) => {
-                    ra.render_forward(&who, &mut d.identity);
-                    Some(who)
-                }
-                Err(denied) => {
-                    let stats = &snap.route_stats[route.order];
-                    let (counter, error) = match denied {
-                        crate::auth::Denied::Forbidden(_) => {
-                            (&stats.forbidden, GatewayError::Forbidden)
-                        }
-                        _ => (&stats.unauthenticated, GatewayError::Unauthorized),
-                    };
-                    counter.set(counter.get() + 1);
-                    denied.challenge(ra, &mut d.extra);
-                    audit(ctx, "auth_denied", |l| {
-                        field_str(l, "route", route.name.as_bytes());
-                        field_str(l, "reason", denied.reason().as_bytes());
-                        field_str(l, "client_ip", client.to_string().as_bytes());
-                        field_str(l, "request_id", id.as_bytes());
-                    });
-                    return respond_error(d, error, id, keep).await;
-                }
-            }
-        }
+        Some(ra) => match authenticate(ctx, snap, d, route, ra, client, id, keep).await {
+            Ok(who) => Some(who),
+            Err(next) => return next,
+        },
     };
 
     // rate limits
@@ -567,6 +541,75 @@ async fn stages<S: Stream>(
         Action::Respond(direct) => send_direct(d, direct, id, keep).await,
         Action::Proxy(action) => proxy::forward(ctx, snap, d, route, action, id).await,
         Action::OAuth2Token => token_endpoint(snap, d, route, id, keep).await,
+    }
+}
+
+/// Authentication and authorization: the caller's identity (its header
+/// lines for the upstream rendered into `d.identity`), or `Err` when the
+/// request was answered here: 401/403, or 503 when a token introspection
+/// endpoint gave no answer. A token the worker has no answer for waits on
+/// the introspection pool; each endpoint is asked at most once per request.
+#[allow(clippy::too_many_arguments)]
+async fn authenticate<'c, S: Stream>(
+    ctx: &WorkerCtx,
+    snap: &'c Snapshot,
+    d: &mut Downstream<S>,
+    route: &Route,
+    ra: &crate::auth::RouteAuth,
+    client: std::net::IpAddr,
+    id: &RequestId,
+    keep: bool,
+) -> Result<crate::auth::Identity<'c>, Next> {
+    use crate::auth::{check, Checked, Denied};
+    let cfg = &snap.config;
+    let mut fresh = Vec::new();
+    let outcome = loop {
+        let view = RequestView {
+            head: &d.head,
+            buf: &d.rbuf[d.start..],
+        };
+        let now = unix_now();
+        match check(ra, &cfg.auth, &view, now, &ctx.auth, &fresh) {
+            Checked::Done(outcome) => break outcome,
+            Checked::Introspect(e, token) => {
+                let endpoint = &cfg.auth.introspection[e];
+                match ctx.auth.introspect(endpoint, &token, now).await {
+                    Ok(answer) => fresh.push((e, answer)),
+                    Err(reason) => {
+                        audit(ctx, "auth_unavailable", |l| {
+                            field_str(l, "route", route.name.as_bytes());
+                            field_str(l, "endpoint", endpoint.name.as_bytes());
+                            field_str(l, "reason", reason.as_bytes());
+                            field_str(l, "request_id", id.as_bytes());
+                        });
+                        let e = GatewayError::AuthUnavailable;
+                        return Err(respond_error(d, e, id, keep).await);
+                    }
+                }
+            }
+        }
+    };
+    match outcome {
+        Ok(who) => {
+            ra.render_forward(&who, &mut d.identity);
+            Ok(who)
+        }
+        Err(denied) => {
+            let stats = &snap.route_stats[route.order];
+            let (counter, error) = match denied {
+                Denied::Forbidden(_) => (&stats.forbidden, GatewayError::Forbidden),
+                _ => (&stats.unauthenticated, GatewayError::Unauthorized),
+            };
+            counter.set(counter.get() + 1);
+            denied.challenge(ra, &mut d.extra);
+            audit(ctx, "auth_denied", |l| {
+                field_str(l, "route", route.name.as_bytes());
+                field_str(l, "reason", denied.reason().as_bytes());
+                field_str(l, "client_ip", client.to_string().as_bytes());
+                field_str(l, "request_id", id.as_bytes());
+            });
+            Err(respond_error(d, error, id, keep).await)
+        }
     }
 }
 

@@ -96,14 +96,18 @@ pub mod names {
     /// Counter: requests refused by a route's auth policy, by `route` and
     /// `status` (`401`: no or invalid credentials, `403`: not allowed).
     pub const AUTH_DENIED: &str = "ringgate_auth_denied_total";
-    /// Counter: verified-token cache lookups, by `worker` and `result`
-    /// (`hit`, `miss`: a full verification).
+    /// Counter: token cache lookups (verified JWTs, introspection
+    /// answers), by `worker` and `result` (`hit`, `miss`: a full
+    /// verification or an introspection call).
     pub const AUTH_CACHE: &str = "ringgate_auth_token_cache_total";
     /// Counter: signing-key fetches (JWKS, OIDC discovery), by `issuer` and
     /// `result` (`ok`, `error`).
     pub const JWKS_FETCHES: &str = "ringgate_auth_jwks_fetches_total";
     /// Gauge: signing keys of the last good fetch, by `issuer`.
     pub const JWKS_KEYS: &str = "ringgate_auth_jwks_keys";
+    /// Counter: token introspection calls, by `endpoint` and `result`
+    /// (`active`, `inactive`, `error`).
+    pub const INTROSPECTIONS: &str = "ringgate_auth_introspections_total";
     /// Counter: config reloads, by `result` (`ok`, `refused`).
     pub const CONFIG_RELOADS: &str = "ringgate_config_reloads_total";
     /// Counter: log lines dropped because the writer fell behind, by `log`
@@ -439,6 +443,8 @@ pub struct ProcessFigures {
     pub store: crate::ratelimit::cluster::StoreSnapshot,
     /// `(issuer, fetches ok, fetches failed, keys)`.
     pub jwks: Vec<(String, (u64, u64, u64))>,
+    /// `(endpoint, active, inactive, failed)`.
+    pub introspections: Vec<(String, (u64, u64, u64))>,
 }
 
 /// The admin thread's recorder: the facade's counters and gauges land here.
@@ -603,6 +609,20 @@ fn emit(reports: &[WorkerReport], process: &ProcessFigures) {
         counter!(names::JWKS_FETCHES, "issuer" => issuer.clone(), "result" => "error")
             .absolute(*failed);
         gauge!(names::JWKS_KEYS, "issuer" => issuer.clone()).set(*keys as f64);
+    }
+    describe_counter!(
+        names::INTROSPECTIONS,
+        "Token introspection calls by endpoint."
+    );
+    for (endpoint, (active, inactive, failed)) in &process.introspections {
+        for (result, n) in [
+            ("active", active),
+            ("inactive", inactive),
+            ("error", failed),
+        ] {
+            counter!(names::INTROSPECTIONS, "endpoint" => endpoint.clone(), "result" => result)
+                .absolute(*n);
+        }
     }
 
     let store = process.store;

@@ -237,6 +237,8 @@ pub struct Peers {
     pub store: Option<std::sync::mpsc::SyncSender<crate::ratelimit::Deltas>>,
     /// The signing-key fetch thread, for refetches on unknown `kid`s.
     pub jwks: Option<std::sync::mpsc::SyncSender<crate::auth::jwks::FetchMsg>>,
+    /// The token introspection pool's queue.
+    pub introspect: Option<async_channel::Sender<crate::auth::introspect::Job>>,
 }
 
 /// The event loop a worker runs on.
@@ -438,6 +440,9 @@ async fn run(
             Ok(Control::Peers(mut peers)) => {
                 if let Some(jwks) = peers.jwks.take() {
                     ctx.auth.set_refetch(jwks);
+                }
+                if let Some(jobs) = peers.introspect.take() {
+                    ctx.auth.set_introspector(jobs);
                 }
                 let share = !peers.workers.is_empty() || peers.store.is_some();
                 *ctx.peers.borrow_mut() = peers;

@@ -9,12 +9,13 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 
 use super::{is_token, Checker};
 use crate::auth::apikey::{parse_hash, ApiKeys, Consumer, StoredKey};
+use crate::auth::introspect::Endpoint;
 use crate::auth::jwks::{KeySource, RemoteSource};
 use crate::auth::jwt::{family_of, parse_jwks, Issuer, Key, KeySet};
 use crate::auth::token_endpoint::{public_jwk, TokenClient, TokenIssuer};
 use crate::auth::{AuthConfig, ClaimRule, Method, RouteAuth, Source, TokenSource};
 use crate::config::diagnostic::KeyPath;
-use crate::config::raw_auth::{RawAuth, RawIssuer, RawRouteAuth};
+use crate::config::raw_auth::{RawAuth, RawIntrospection, RawIssuer, RawRouteAuth};
 
 /// Shortest HMAC secret accepted (RFC 7518 3.2: at least the hash size).
 const MIN_HMAC_SECRET: usize = 32;
@@ -103,13 +104,80 @@ pub(super) fn auth(c: &mut Checker<'_>, p: &KeyPath, raw: &RawAuth, dir: &Path) 
         issuers.push(own);
         endpoint
     });
+    let mut introspection = Vec::new();
+    let mut names = HashSet::new();
+    for (i, ri) in raw.introspection.iter().enumerate() {
+        let ep = p.key("introspection").index(i);
+        if ri.name.is_empty() || !names.insert(ri.name.as_str()) {
+            c.error(
+                &ep.key("name"),
+                format!("empty or duplicate endpoint name {:?}", ri.name),
+            );
+        }
+        if let Some(e) = introspection_endpoint(c, &ep, ri, dir) {
+            introspection.push(std::sync::Arc::new(e));
+        }
+    }
+    if !(1..=64).contains(&raw.introspection_threads) {
+        c.error(&p.key("introspection_threads"), "must be between 1 and 64");
+    }
     AuthConfig {
         token,
         issuers,
         api_keys,
         api_key_header: raw.api_key_header.to_ascii_lowercase().into_bytes().into(),
         cache_entries: raw.cache_entries as usize,
+        introspection,
+        introspection_threads: raw.introspection_threads.clamp(1, 64) as usize,
     }
+}
+
+fn introspection_endpoint(
+    c: &mut Checker<'_>,
+    p: &KeyPath,
+    raw: &RawIntrospection,
+    dir: &Path,
+) -> Option<Endpoint> {
+    if !(raw.url.starts_with("https://") || raw.url.starts_with("http://")) {
+        c.error(&p.key("url"), "must be an http:// or https:// URL");
+    }
+    if raw.client_id.is_empty() {
+        c.error(&p.key("client_id"), "must not be empty");
+    }
+    if raw.timeout.0.is_zero() || raw.timeout.0 > std::time::Duration::from_secs(60) {
+        c.error(&p.key("timeout"), "must be between 1ms and 60s");
+    }
+    if raw.cache_max_ttl.0 > std::time::Duration::from_secs(86_400) {
+        c.error(&p.key("cache_max_ttl"), "must be at most 1d");
+    }
+    if raw.negative_ttl.0 > std::time::Duration::from_secs(3_600) {
+        c.error(&p.key("negative_ttl"), "must be at most 1h");
+    }
+    let path = dir.join(&raw.client_secret_file);
+    let secret = match std::fs::read_to_string(&path) {
+        Ok(s) => s.trim_end_matches(['\r', '\n']).to_string(),
+        Err(e) => {
+            c.error(
+                &p.key("client_secret_file"),
+                format!("{}: {e}", path.display()),
+            );
+            return None;
+        }
+    };
+    if secret.is_empty() {
+        c.error(&p.key("client_secret_file"), "the file is empty");
+    }
+    Some(Endpoint::new(
+        &raw.name,
+        &raw.url,
+        &raw.client_id,
+        &secret,
+        raw.timeout.0.max(std::time::Duration::from_millis(1)),
+        raw.cache_max_ttl.0,
+        raw.negative_ttl.0,
+        raw.max_token_bytes.0 as usize,
+        &raw.groups_claim,
+    ))
 }
 
 /// The issuer name under which the gateway verifies its own tokens.
@@ -421,16 +489,22 @@ pub(super) fn route_auth(
             "api_key" => methods.push(Method::ApiKey),
             "jwt" if auth.issuers.is_empty() => c.error(&mp, "jwt needs an [[auth.jwt]] issuer"),
             "jwt" => methods.push(Method::Jwt(None)),
-            other => match other
-                .strip_prefix("jwt:")
-                .and_then(|n| auth.issuers.iter().position(|i| &*i.name == n))
-            {
-                Some(i) => methods.push(Method::Jwt(Some(i))),
-                None => c.error(
-                    &mp,
-                    format!("{other:?} is not \"api_key\", \"jwt\" or \"jwt:<issuer name>\""),
-                ),
-            },
+            other => {
+                let issuer = other
+                    .strip_prefix("jwt:")
+                    .and_then(|n| auth.issuers.iter().position(|i| &*i.name == n));
+                let endpoint = other
+                    .strip_prefix("introspection:")
+                    .and_then(|n| auth.introspection.iter().position(|e| &*e.name == n));
+                match (issuer, endpoint) {
+                    (Some(i), _) => methods.push(Method::Jwt(Some(i))),
+                    (_, Some(e)) => methods.push(Method::Introspection(e)),
+                    _ => c.error(
+                        &mp,
+                        format!("{other:?} is not \"api_key\", \"jwt\", \"jwt:<issuer name>\" or \"introspection:<endpoint name>\""),
+                    ),
+                }
+            }
         }
     }
     if raw.methods.is_empty() {
@@ -501,7 +575,10 @@ pub(super) fn route_auth(
     };
     let (mut strip_cookie, mut strip_query) = (None, None);
     if !raw.forward_credentials {
-        if methods.iter().any(|m| matches!(m, Method::Jwt(_))) {
+        if methods
+            .iter()
+            .any(|m| matches!(m, Method::Jwt(_) | Method::Introspection(_)))
+        {
             match &token {
                 TokenSource::Bearer => strip.push(b"authorization"[..].into()),
                 TokenSource::Header(n) => strip.push(n.clone()),

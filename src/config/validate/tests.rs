@@ -150,3 +150,31 @@ fn redis_store_keys_are_checked_where_they_stand() {
     assert_eq!(store.failure, crate::ratelimit::cluster::Failure::Open);
     assert_eq!(store.key_prefix, "ringgate:rl:");
 }
+
+#[test]
+fn introspection_endpoints_are_checked_and_named_by_routes() {
+    let text = format!(
+        r#"{BASE}
+[[auth.introspection]]
+name = "idp"
+url = "ftp://idp/introspect"
+client_id = "gw"
+client_secret_file = "/nonexistent/secret"
+
+[[routes]]
+name = "r"
+respond = {{ status = 200 }}
+auth = {{ methods = ["introspection:other"] }}
+"#
+    );
+    let e = errors(&text).join("\n");
+    assert!(
+        e.contains("auth.introspection[0].url: must be an http"),
+        "{e}"
+    );
+    assert!(
+        e.contains("auth.introspection[0].client_secret_file: /nonexistent/secret"),
+        "{e}"
+    );
+    assert!(e.contains("routes[0].auth.methods[0]"), "{e}");
+}
