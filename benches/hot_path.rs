@@ -178,7 +178,10 @@ fn rewrite(c: &mut Criterion) {
         id: &id,
         traceparent: None,
         strip: &[],
+        strip_always: &[],
         identity: b"",
+        client_cert: b"",
+        tls: false,
         strip_cookie: None,
         strip_query: None,
     };

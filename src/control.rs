@@ -102,6 +102,7 @@ pub fn run(config_path: PathBuf, config: Config) -> Result<(), StartError> {
         None => None,
     };
     let jwks = start_key_fetcher(&config, &handles, &state)?;
+    state.set_certificates(&config);
     let mut introspectors = Introspectors::new(state.introspections.clone());
     introspectors.start_if_needed(&config)?;
     {
@@ -134,6 +135,7 @@ pub fn run(config_path: PathBuf, config: Config) -> Result<(), StartError> {
             SIGHUP => {
                 let ok = reload(&config_path, &handles, &mut current, &logs);
                 if ok {
+                    state.set_certificates(&current);
                     if let Err(e) = introspectors.start_if_needed(&current) {
                         tracing::error!(error = %e, "cannot start the introspection threads");
                     }
@@ -319,7 +321,9 @@ fn spawn_list_watcher(
                     .any(|(f, s)| seen.iter().any(|(g, old)| g == f && old != s));
                 seen = now;
                 if changed {
-                    tracing::info!("an IP list file changed; reloading the config");
+                    tracing::info!(
+                        "a watched file (IP list, certificate) changed; reloading the config"
+                    );
                     let _ = signal_hook::low_level::raise(SIGHUP);
                 }
                 std::thread::sleep(interval);

@@ -22,7 +22,8 @@
 //! - `observability`: metric names and per-worker counters, latency
 //!   histograms, access and audit logs, trace context, operational logging.
 //! - `error`: the gateway error and its one mapping to HTTP statuses.
-//! - `sys`: the single place with `unsafe` (a socket peek, the counting allocator).
+//! - `sys`: the single place with `unsafe` (a socket peek, the counting allocator,
+//!   byte views of monoio's owned buffers).
 //!
 //! docs/DESIGN.md draws how these fit together.
 
@@ -39,5 +40,6 @@ pub mod ratelimit;
 pub mod routing;
 pub mod security;
 pub mod sys;
+pub mod tls;
 pub mod upstream;
 pub mod worker;

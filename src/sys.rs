@@ -1,6 +1,7 @@
-//! The one place with `unsafe` code: a non-blocking socket peek and the
-//! allocation-counting global allocator. Everything else goes through
-//! monoio, socket2 and std.
+//! The one place with `unsafe` code: a non-blocking socket peek, the
+//! allocation-counting global allocator, and byte views of monoio's owned
+//! buffers (for the TLS adapter). Everything else goes through monoio,
+//! socket2 and std.
 #![allow(unsafe_code)]
 
 use std::os::fd::RawFd;
@@ -89,5 +90,38 @@ unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
         // SAFETY: same contract as the caller's.
         unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+/// The writable memory of a monoio buffer, as a slice.
+pub fn spare_of<T: monoio::buf::IoBufMut>(buf: &mut T) -> &mut [u8] {
+    // SAFETY: `write_ptr` is valid for `bytes_total` bytes while `buf` is
+    // borrowed; the bytes may be uninitialised, and callers only write.
+    unsafe { std::slice::from_raw_parts_mut(buf.write_ptr(), buf.bytes_total()) }
+}
+
+/// Marks the first `n` bytes of a monoio buffer as initialised; `n` must
+/// not exceed what [`spare_of`] handed out and was written.
+pub fn mark_init<T: monoio::buf::IoBufMut>(buf: &mut T, n: usize) {
+    assert!(n <= buf.bytes_total());
+    // SAFETY: checked against the buffer's size; the caller wrote them.
+    unsafe { buf.set_init(n) }
+}
+
+/// The initialised bytes of a monoio buffer.
+pub fn bytes_of<T: monoio::buf::IoBuf>(buf: &T) -> &[u8] {
+    // SAFETY: `read_ptr` is valid for `bytes_init` bytes while `buf` is
+    // borrowed.
+    unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) }
+}
+
+/// Calls `f` with each slice of a monoio vectored buffer, in order.
+pub fn each_iovec<T: monoio::buf::IoVecBuf>(buf: &T, mut f: impl FnMut(&[u8])) {
+    // SAFETY: the iovecs describe initialised memory owned by `buf`,
+    // borrowed for the duration of the call.
+    let iovecs = unsafe { std::slice::from_raw_parts(buf.read_iovec_ptr(), buf.read_iovec_len()) };
+    for v in iovecs {
+        // SAFETY: as above, for each iovec.
+        f(unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) });
     }
 }

@@ -206,7 +206,7 @@ fn block_list_file_of_100k_entries_loads_and_reloads_on_change() {
     gw.wait_log("config reloaded");
     assert_json_error(&get(gw.main(), "/"), 403);
     assert_eq!(up.request_count(), 1);
-    assert!(gw.count_log("an IP list file changed") >= 1);
+    assert!(gw.count_log("a watched file (IP list, certificate) changed") >= 1);
 
     // A broken list is refused with file and line; the old list keeps serving.
     std::fs::write(dir.path().join("bad.tmp"), "10.0.0.1\nnot-an-address\n").unwrap();

@@ -58,6 +58,8 @@ pub struct AdminState {
     /// Signing-key fetches per issuer.
     pub jwks: Arc<crate::auth::jwks::JwksFigures>,
     pub introspections: Arc<crate::auth::introspect::IntrospectFigures>,
+    /// `(listener, certificate file, notAfter)` of the serving config.
+    pub certificates: std::sync::Mutex<Vec<(String, String, i64)>>,
     logs: Arc<Logs>,
 }
 
@@ -72,7 +74,25 @@ impl AdminState {
             store: Arc::default(),
             jwks: Arc::default(),
             introspections: Arc::default(),
+            certificates: std::sync::Mutex::default(),
             logs,
+        }
+    }
+
+    /// Records the serving config's certificates for the expiry metric.
+    pub fn set_certificates(&self, config: &crate::config::Config) {
+        let list = config
+            .listeners
+            .iter()
+            .filter_map(|l| l.tls.as_ref().map(|t| (l, t)))
+            .flat_map(|(l, t)| {
+                t.certificates
+                    .iter()
+                    .map(|c| (l.name.clone(), c.file.clone(), c.not_after))
+            })
+            .collect();
+        if let Ok(mut c) = self.certificates.lock() {
+            *c = list;
         }
     }
 
@@ -204,6 +224,12 @@ fn audit(logs: &Logs, peer: SocketAddr, req: &RequestView<'_>, status: u16) {
 }
 
 async fn route(req: &RequestView<'_>, state: &AdminState, exporter: &Exporter) -> Reply {
+    if req.head.method == Method::Post && req.path() == b"/reload" {
+        // The same path as SIGHUP: the control thread reloads the config
+        // (certificates included) and logs and audits the result.
+        let _ = signal_hook::low_level::raise(signal_hook::consts::SIGHUP);
+        return (202, JSON, r#"{"status":"reloading"}"#.into());
+    }
     if !matches!(req.head.method, Method::Get | Method::Head) {
         return (
             405,
@@ -229,6 +255,11 @@ async fn route(req: &RequestView<'_>, state: &AdminState, exporter: &Exporter) -
                 store,
                 jwks: figures(&state.jwks),
                 introspections: figures(&state.introspections),
+                certificates: state
+                    .certificates
+                    .lock()
+                    .map(|c| c.clone())
+                    .unwrap_or_default(),
             };
             (200, PROMETHEUS, exporter.render(&reports, &process).into())
         }

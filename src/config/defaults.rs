@@ -270,3 +270,22 @@ pub fn rate_limit_key() -> Vec<String> {
 pub fn queue_timeout() -> Duration {
     Duration(StdDuration::from_secs(1))
 }
+pub fn yes() -> bool {
+    true
+}
+pub fn tls_unknown_sni() -> String {
+    "default".into()
+}
+pub fn tls_min_version() -> String {
+    "1.2".into()
+}
+pub fn tls_handshake_timeout() -> Duration {
+    Duration(StdDuration::from_secs(10))
+}
+pub fn tls_client_auth() -> String {
+    "none".into()
+}
+/// One year, what the HSTS preload list asks for.
+pub fn hsts_max_age() -> Duration {
+    Duration(StdDuration::from_secs(31_536_000))
+}

@@ -18,6 +18,7 @@ pub mod defaults;
 mod diagnostic;
 mod raw;
 mod raw_auth;
+mod raw_tls;
 mod units;
 mod validate;
 
@@ -64,6 +65,9 @@ pub struct Config {
     /// JWT issuers, API-key consumers.
     pub auth: crate::auth::AuthConfig,
     pub listeners: Vec<ListenerConfig>,
+    /// Client-certificate header names of every TLS listener: removed
+    /// from every request, whichever listener it came in on.
+    pub client_cert_headers: Box<[Box<[u8]>]>,
     pub clusters: Vec<ClusterConfig>,
     pub router: Router,
 }
@@ -112,6 +116,8 @@ pub struct ListenerConfig {
     pub backlog: u32,
     /// Read a PROXY protocol header first; its source is the client.
     pub proxy_protocol: bool,
+    /// TLS termination, when configured.
+    pub tls: Option<std::sync::Arc<crate::tls::TlsListener>>,
 }
 
 #[derive(Debug, Clone)]

@@ -450,6 +450,8 @@ pub struct RawListener {
     pub max_connections: u32,
     #[serde(default = "d::backlog")]
     pub backlog: u32,
+    /// Terminate TLS on this listener.
+    pub tls: Option<super::raw_tls::RawTls>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]

@@ -185,6 +185,7 @@ fn build(c: &mut Checker<'_>, raw: RawConfig, dir: &std::path::Path) -> Config {
     );
 
     let mut listeners = Vec::new();
+    let mut tls_watched = Vec::new();
     let mut names = HashSet::new();
     if raw.listeners.is_empty() {
         c.error(&root, "at least one [[listeners]] entry is required");
@@ -203,6 +204,16 @@ fn build(c: &mut Checker<'_>, raw: RawConfig, dir: &std::path::Path) -> Config {
         if l.backlog == 0 {
             c.error(&p.key("backlog"), "must be at least 1");
         }
+        let tls = l
+            .tls
+            .as_ref()
+            .and_then(|t| tls::listener(c, &p.key("tls"), t, dir, &mut tls_watched));
+        if l.tls.is_some() && l.proxy_protocol {
+            c.error(
+                &p.key("proxy_protocol"),
+                "PROXY protocol in front of TLS is not supported yet",
+            );
+        }
         if let Some(address) = parse_listen_addr(c, &p.key("address"), &l.address) {
             listeners.push(ListenerConfig {
                 name: l.name.clone(),
@@ -210,6 +221,7 @@ fn build(c: &mut Checker<'_>, raw: RawConfig, dir: &std::path::Path) -> Config {
                 max_connections: l.max_connections,
                 backlog: l.backlog,
                 proxy_protocol: l.proxy_protocol,
+                tls: tls.map(std::sync::Arc::new),
             });
         }
     }
@@ -302,10 +314,18 @@ fn build(c: &mut Checker<'_>, raw: RawConfig, dir: &std::path::Path) -> Config {
             routes.push(r);
         }
     }
+    watched.extend(tls_watched);
     let security = Security {
         watched_files: watched,
         ..security
     };
+    let mut client_cert_headers: Vec<Box<[u8]>> = listeners
+        .iter()
+        .filter_map(|l| l.tls.as_ref())
+        .flat_map(|t| t.forward.iter().map(|(n, _)| n.clone()))
+        .collect();
+    client_cert_headers.sort();
+    client_cert_headers.dedup();
 
     Config {
         workers,
@@ -325,6 +345,7 @@ fn build(c: &mut Checker<'_>, raw: RawConfig, dir: &std::path::Path) -> Config {
         rate_limit,
         auth: auth_config,
         listeners,
+        client_cert_headers: client_cert_headers.into(),
         clusters,
         router: Router::new(routes),
     }
@@ -669,5 +690,6 @@ mod auth;
 mod edge;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 use edge::{rate_limit, route_policy, security};

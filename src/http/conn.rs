@@ -57,9 +57,31 @@ pub enum Next {
 }
 
 /// A downstream connection's state, reused across its requests.
+/// What a connection's TLS handshake established; the default is a plain
+/// TCP connection.
+#[derive(Default)]
+pub struct Secure {
+    /// The TLS listener's settings (HSTS, forwarded certificate fields).
+    pub listener: Option<std::sync::Arc<crate::tls::TlsListener>>,
+    /// Client-certificate header lines for the upstream.
+    pub client_cert: Vec<u8>,
+}
+
+impl Secure {
+    pub fn is_tls(&self) -> bool {
+        self.listener.is_some()
+    }
+
+    /// The `strict-transport-security` line (empty unless TLS with HSTS).
+    pub fn hsts(&self) -> &[u8] {
+        self.listener.as_ref().map_or(&[], |l| &l.hsts)
+    }
+}
+
 pub struct Downstream<S> {
     pub stream: S,
     pub peer: SocketAddr,
+    pub secure: Secure,
     /// Read buffer: the request head at `start`, then body or pipelined bytes.
     pub rbuf: Vec<u8>,
     pub start: usize,
@@ -92,10 +114,11 @@ pub struct Downstream<S> {
 }
 
 impl<S: Stream> Downstream<S> {
-    fn new(stream: S, peer: SocketAddr, max_trailers: usize) -> Self {
+    fn new(stream: S, peer: SocketAddr, max_trailers: usize, secure: Secure) -> Self {
         Self {
             stream,
             peer,
+            secure,
             rbuf: Vec::with_capacity(READ_BUF),
             start: 0,
             wbuf: Vec::with_capacity(4096),
@@ -123,6 +146,7 @@ impl<S: Stream> Downstream<S> {
             self.gateway_fields.clear();
             self.gateway_fields
                 .extend_from_slice(&cfg.security.gateway_headers);
+            self.gateway_fields.extend_from_slice(self.secure.hsts());
         }
     }
 
@@ -163,10 +187,16 @@ pub async fn serve<S: Stream>(
     peer: SocketAddr,
     accepted: Instant,
     proxy_protocol: bool,
+    secure: Secure,
 ) {
     let drain = ctx.drain.register();
     let snap = ctx.snapshot();
-    let mut d = Downstream::new(stream, peer, snap.config.limits.head.max_header_bytes);
+    let mut d = Downstream::new(
+        stream,
+        peer,
+        snap.config.limits.head.max_header_bytes,
+        secure,
+    );
     let mut deadline = Some(accepted + snap.config.timeouts.request_head);
     drop(snap);
     if proxy_protocol {

@@ -144,7 +144,10 @@ pub async fn forward<S: Stream>(
         id,
         traceparent: traceparent.as_ref().map(|t| &t[..]),
         strip: route.auth.as_ref().map_or(&[], |a| &a.strip[..]),
+        strip_always: &cfg.client_cert_headers,
         identity: &d.identity,
+        client_cert: &d.secure.client_cert,
+        tls: d.secure.is_tls(),
         strip_cookie: route.auth.as_ref().and_then(|a| a.strip_cookie.as_deref()),
         strip_query: route.auth.as_ref().and_then(|a| a.strip_query.as_deref()),
     };
@@ -531,8 +534,14 @@ pub struct UpstreamHead<'a> {
     /// Client header names not passed on (identity headers the gateway
     /// sets, credentials the route keeps to itself).
     pub strip: &'a [Box<[u8]>],
+    /// Client header names never passed on (client-certificate fields).
+    pub strip_always: &'a [Box<[u8]>],
     /// Identity header lines the gateway adds.
     pub identity: &'a [u8],
+    /// Client-certificate header lines of the connection.
+    pub client_cert: &'a [u8],
+    /// The client came over TLS (`X-Forwarded-Proto: https`).
+    pub tls: bool,
     /// A cookie and a query parameter not passed on (a route's token).
     pub strip_cookie: Option<&'a [u8]>,
     pub strip_query: Option<&'a [u8]>,
@@ -642,6 +651,7 @@ pub fn render_request_head(out: &mut Vec<u8>, view: RequestView<'_>, up: &Upstre
                 && (name.eq_ignore_ascii_case(b"traceparent")
                     || name.eq_ignore_ascii_case(b"tracestate")))
             || up.strip.iter().any(|n| name.eq_ignore_ascii_case(n))
+            || up.strip_always.iter().any(|n| name.eq_ignore_ascii_case(n))
         {
             continue;
         }
@@ -655,6 +665,7 @@ pub fn render_request_head(out: &mut Vec<u8>, view: RequestView<'_>, up: &Upstre
         push_field(out, name, h.value.get(view.buf));
     }
     out.extend_from_slice(up.identity);
+    out.extend_from_slice(up.client_cert);
     if let Some(t) = up.traceparent {
         push_field(out, b"traceparent", t);
     }
@@ -666,7 +677,11 @@ pub fn render_request_head(out: &mut Vec<u8>, view: RequestView<'_>, up: &Upstre
         out.extend_from_slice(b", ");
     }
     push_ip(out, up.peer);
-    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
+    out.extend_from_slice(if up.tls {
+        &b"\r\nx-forwarded-proto: https\r\n"[..]
+    } else {
+        b"\r\nx-forwarded-proto: http\r\n"
+    });
     if let Some(h) = client_host {
         push_field(out, b"x-forwarded-host", h);
     }
@@ -701,13 +716,15 @@ const GATEWAY_SET_REQUEST: [&[u8]; 7] = [
 const GATEWAY_SET_RESPONSE: [&[u8]; 2] = [b"content-length", b"x-request-id"];
 
 /// Copies the response's end-to-end fields into `out`, except those the
-/// route's header policy drops.
+/// route's header policy drops and, when the gateway sets HSTS itself, the
+/// upstream's `strict-transport-security`.
 fn copy_response_fields(
     out: &mut Vec<u8>,
     resp: &ResponseHead,
     buf: &[u8],
     keep_length: bool,
     policy: Option<&HeaderPolicy>,
+    own_hsts: bool,
 ) {
     let named = |name: &'static [u8]| {
         resp.headers
@@ -717,7 +734,10 @@ fn copy_response_fields(
     };
     for h in &resp.headers {
         let name = h.name.get(buf);
-        if is_hop_by_hop(name, named(b"connection")) || policy.is_some_and(|p| p.drops(name)) {
+        if is_hop_by_hop(name, named(b"connection"))
+            || policy.is_some_and(|p| p.drops(name))
+            || (own_hsts && name.eq_ignore_ascii_case(b"strict-transport-security"))
+        {
             continue;
         }
         let is_length = name.eq_ignore_ascii_case(b"content-length");
@@ -737,7 +757,7 @@ fn copy_response_fields(
 fn write_interim(out: &mut Vec<u8>, resp: &ResponseHead, buf: &[u8]) {
     out.clear();
     super::response::status_line(out, resp.status);
-    copy_response_fields(out, resp, buf, false, None);
+    copy_response_fields(out, resp, buf, false, None, false);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -764,12 +784,21 @@ fn write_response_head<S: Stream>(
     // A HEAD or 304 response's Content-Length describes the representation,
     // not this message: pass it on as is (RFC 9110 8.6).
     let bodiless_meta = head_request || resp.status == 304;
-    copy_response_fields(out, resp, up_buf, bodiless_meta, Some(policy));
+    let hsts = d.secure.hsts();
+    copy_response_fields(
+        out,
+        resp,
+        up_buf,
+        bodiless_meta,
+        Some(policy),
+        !hsts.is_empty(),
+    );
     policy.render(out, |name| {
         resp.headers
             .iter()
             .any(|h| h.name.get(up_buf).eq_ignore_ascii_case(name))
     });
+    out.extend_from_slice(hsts);
     out.extend_from_slice(&d.extra);
     match (resp.framing, encode) {
         (Framing::Length(n), _) => {

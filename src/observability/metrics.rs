@@ -105,6 +105,12 @@ pub mod names {
     pub const JWKS_FETCHES: &str = "ringgate_auth_jwks_fetches_total";
     /// Gauge: signing keys of the last good fetch, by `issuer`.
     pub const JWKS_KEYS: &str = "ringgate_auth_jwks_keys";
+    /// Counter: TLS handshakes, by `worker` and `result` (`ok`, `error`:
+    /// failed or timed out).
+    pub const TLS_HANDSHAKES: &str = "ringgate_tls_handshakes_total";
+    /// Gauge: `notAfter` of each served certificate (seconds since the
+    /// epoch), by `listener` and `certificate` (the configured file).
+    pub const TLS_CERT_EXPIRY: &str = "ringgate_tls_certificate_expiry_timestamp_seconds";
     /// Counter: token introspection calls, by `endpoint` and `result`
     /// (`active`, `inactive`, `error`).
     pub const INTROSPECTIONS: &str = "ringgate_auth_introspections_total";
@@ -416,6 +422,8 @@ pub struct WorkerReport {
     pub rate_sync_received: u64,
     /// Verified-token cache lookups that found / did not find the token.
     pub auth_cache: (u64, u64),
+    /// TLS handshakes completed / failed (or timed out).
+    pub tls_handshakes: (u64, u64),
     /// `(route, in flight, queued)` of concurrency-capped routes.
     pub gates: Vec<(Arc<str>, u64, u64)>,
     pub routes: Named<RouteReport>,
@@ -445,6 +453,8 @@ pub struct ProcessFigures {
     pub jwks: Vec<(String, (u64, u64, u64))>,
     /// `(endpoint, active, inactive, failed)`.
     pub introspections: Vec<(String, (u64, u64, u64))>,
+    /// `(listener, certificate file, notAfter)` of the current config.
+    pub certificates: Vec<(String, String, i64)>,
 }
 
 /// The admin thread's recorder: the facade's counters and gauges land here.
@@ -529,6 +539,10 @@ fn emit(reports: &[WorkerReport], process: &ProcessFigures) {
             .absolute(w.auth_cache.0);
         counter!(names::AUTH_CACHE, "worker" => worker.clone(), "result" => "miss")
             .absolute(w.auth_cache.1);
+        counter!(names::TLS_HANDSHAKES, "worker" => worker.clone(), "result" => "ok")
+            .absolute(w.tls_handshakes.0);
+        counter!(names::TLS_HANDSHAKES, "worker" => worker.clone(), "result" => "error")
+            .absolute(w.tls_handshakes.1);
         gauge!(names::WORKER_DRIVER, "worker" => worker.clone(), "driver" => w.driver).set(1.0);
         for e in &w.endpoints {
             gauge!(names::ENDPOINT_HEALTHY, "cluster" => e.cluster.to_string(), "endpoint" => e.address.to_string(), "worker" => worker.clone())
@@ -609,6 +623,15 @@ fn emit(reports: &[WorkerReport], process: &ProcessFigures) {
         counter!(names::JWKS_FETCHES, "issuer" => issuer.clone(), "result" => "error")
             .absolute(*failed);
         gauge!(names::JWKS_KEYS, "issuer" => issuer.clone()).set(*keys as f64);
+    }
+    describe_counter!(names::TLS_HANDSHAKES, "TLS handshakes by result.");
+    describe_gauge!(
+        names::TLS_CERT_EXPIRY,
+        "notAfter of each served certificate, seconds since the epoch."
+    );
+    for (listener, file, not_after) in &process.certificates {
+        gauge!(names::TLS_CERT_EXPIRY, "listener" => listener.clone(), "certificate" => file.clone())
+            .set(*not_after as f64);
     }
     describe_counter!(
         names::INTROSPECTIONS,

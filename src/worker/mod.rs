@@ -98,6 +98,9 @@ pub struct WorkerCtx {
     pub limiter: crate::ratelimit::Limiter,
     /// Verified-token cache and its counters.
     pub auth: crate::auth::AuthState,
+    /// TLS handshakes completed / failed or timed out.
+    pub tls_handshakes: std::cell::Cell<u64>,
+    pub tls_failures: std::cell::Cell<u64>,
     /// The other workers and the cluster store, for rate-limit
     /// reconciliation.
     peers: RefCell<Peers>,
@@ -140,6 +143,8 @@ impl WorkerCtx {
             ),
             peers: RefCell::new(Peers::default()),
             auth: crate::auth::AuthState::new(config.auth.cache_entries, trace_seed),
+            tls_handshakes: std::cell::Cell::new(0),
+            tls_failures: std::cell::Cell::new(0),
             epoch: Instant::now(),
             gates,
         }
@@ -204,6 +209,7 @@ impl WorkerCtx {
             requests: self.stats.requests.get(),
             rate_sync_received: self.limiter.received.get(),
             auth_cache: (self.auth.hits.get(), self.auth.misses.get()),
+            tls_handshakes: (self.tls_handshakes.get(), self.tls_failures.get()),
             routes,
             clusters,
             endpoints,
@@ -408,7 +414,7 @@ async fn run(
     driver: Driver,
 ) {
     let id = ctx.id;
-    for l in listeners {
+    for (index, l) in listeners.into_iter().enumerate() {
         let listener = match TcpListener::from_std(l.socket) {
             Ok(listener) => listener,
             Err(e) => {
@@ -422,6 +428,7 @@ async fn run(
         monoio::spawn(accept_loop(
             ctx.clone(),
             listener,
+            index,
             l.config.max_connections as usize,
             l.config.proxy_protocol,
         ));
@@ -521,10 +528,44 @@ async fn flush_logs(ctx: Rc<WorkerCtx>) {
     }
 }
 
+/// Completes a TLS handshake within the listener's timeout, then serves
+/// the connection; a failed or slow handshake closes it (counted).
+async fn serve_tls(
+    ctx: &Rc<WorkerCtx>,
+    stream: monoio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    accepted_at: Instant,
+    tls: Arc<crate::tls::TlsListener>,
+) {
+    let session = match rustls::ServerConnection::new(tls.server.clone()) {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let mut stream = crate::tls::TlsStream::new(stream, session);
+    let done = monoio::time::timeout(tls.handshake_timeout, stream.handshake()).await;
+    if !matches!(done, Ok(Ok(()))) {
+        ctx.tls_failures.set(ctx.tls_failures.get() + 1);
+        return;
+    }
+    ctx.tls_handshakes.set(ctx.tls_handshakes.get() + 1);
+    let mut client_cert = Vec::new();
+    crate::tls::render_client_cert(
+        &tls.forward,
+        stream.session().peer_certificates(),
+        &mut client_cert,
+    );
+    let secure = crate::http::conn::Secure {
+        listener: Some(tls),
+        client_cert,
+    };
+    serve(ctx.clone(), stream, peer, accepted_at, false, secure).await;
+}
+
 /// Accepts connections on one listener while the worker has slots for them.
 async fn accept_loop(
     ctx: Rc<WorkerCtx>,
     listener: TcpListener,
+    index: usize,
     max_connections: usize,
     proxy_protocol: bool,
 ) {
@@ -546,8 +587,30 @@ async fn accept_loop(
                 slots.acquire();
                 ctx.conns.acquire();
                 let (ctx, slots) = (ctx.clone(), slots.clone());
+                // TLS settings of the config current at accept time: a
+                // reload changes them for new connections only.
+                let tls = ctx
+                    .snapshot()
+                    .config
+                    .listeners
+                    .get(index)
+                    .and_then(|l| l.tls.clone());
                 monoio::spawn(async move {
-                    serve(ctx.clone(), stream, peer, accepted_at, proxy_protocol).await;
+                    match tls {
+                        None => {
+                            let plain = crate::http::conn::Secure::default();
+                            serve(
+                                ctx.clone(),
+                                stream,
+                                peer,
+                                accepted_at,
+                                proxy_protocol,
+                                plain,
+                            )
+                            .await;
+                        }
+                        Some(tls) => serve_tls(&ctx, stream, peer, accepted_at, tls).await,
+                    }
                     slots.release();
                     ctx.conns.release();
                 });

@@ -1,0 +1,70 @@
+//! A listener's `tls` table as serde reads it.
+
+use serde::Deserialize;
+
+use super::defaults as d;
+use super::units::Duration;
+
+/// `[listeners.tls]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// Chains and keys; the first is the default certificate.
+    pub certificates: Vec<RawCertificate>,
+    /// "default" (serve the first certificate) or "reject" (fail the
+    /// handshake) for SNI names no certificate covers, and for no SNI.
+    #[serde(default = "d::tls_unknown_sni")]
+    pub unknown_sni: String,
+    /// "1.2" (TLS 1.3 and 1.2) or "1.3".
+    #[serde(default = "d::tls_min_version")]
+    pub min_version: String,
+    #[serde(default = "d::tls_handshake_timeout")]
+    pub handshake_timeout: Duration,
+    /// "none", "optional" or "required".
+    #[serde(default = "d::tls_client_auth")]
+    pub client_auth: String,
+    /// Trusted CAs for client certificates (PEM bundle).
+    pub client_ca_file: Option<String>,
+    /// Upstream header -> "subject" or "san" of the client certificate.
+    #[serde(default)]
+    pub forward_client_cert: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub hsts: RawHsts,
+}
+
+/// `[[listeners.tls.certificates]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    /// PEM: the leaf first, then intermediates.
+    pub cert_file: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
+    /// SNI names served; by default the certificate's DNS names.
+    pub server_names: Option<Vec<String>>,
+}
+
+/// `[listeners.tls.hsts]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHsts {
+    #[serde(default = "d::yes")]
+    pub enabled: bool,
+    #[serde(default = "d::hsts_max_age")]
+    pub max_age: Duration,
+    #[serde(default)]
+    pub include_subdomains: bool,
+    #[serde(default)]
+    pub preload: bool,
+}
+
+impl Default for RawHsts {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_age: d::hsts_max_age(),
+            include_subdomains: false,
+            preload: false,
+        }
+    }
+}

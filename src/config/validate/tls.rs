@@ -1,0 +1,196 @@
+//! Validation of a listener's `tls` table. Certificates and keys are read
+//! here, at load: a reload with a bad one is refused and the old one keeps
+//! serving.
+
+use std::path::{Path, PathBuf};
+
+use super::{is_token, Checker};
+use crate::config::diagnostic::KeyPath;
+use crate::config::raw_tls::RawTls;
+use crate::tls::{
+    load_cert, load_roots, server_config, CertField, ClientAuth, SniResolver, TlsListener,
+    UnknownSni,
+};
+
+pub(super) fn listener(
+    c: &mut Checker<'_>,
+    p: &KeyPath,
+    raw: &RawTls,
+    dir: &Path,
+    watched: &mut Vec<PathBuf>,
+) -> Option<TlsListener> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let unknown_sni = match raw.unknown_sni.as_str() {
+        "default" => UnknownSni::Default,
+        "reject" => UnknownSni::Reject,
+        other => {
+            c.error(
+                &p.key("unknown_sni"),
+                format!("{other:?} is not \"default\" or \"reject\""),
+            );
+            UnknownSni::Default
+        }
+    };
+    let tls13_only = match raw.min_version.as_str() {
+        "1.2" => false,
+        "1.3" => true,
+        other => {
+            c.error(
+                &p.key("min_version"),
+                format!("{other:?} is not \"1.2\" or \"1.3\" (older versions are not offered)"),
+            );
+            false
+        }
+    };
+    if raw.handshake_timeout.0.is_zero() {
+        c.error(&p.key("handshake_timeout"), "must be greater than zero");
+    }
+    let client_auth = match raw.client_auth.as_str() {
+        "none" => ClientAuth::None,
+        "optional" => ClientAuth::Optional,
+        "required" => ClientAuth::Required,
+        other => {
+            c.error(
+                &p.key("client_auth"),
+                format!("{other:?} is not \"none\", \"optional\" or \"required\""),
+            );
+            ClientAuth::None
+        }
+    };
+    let roots = match (&raw.client_ca_file, client_auth) {
+        (None, ClientAuth::None) => None,
+        (None, _) => {
+            c.error(
+                &p.key("client_ca_file"),
+                "client_auth needs the CA bundle client certificates are checked against",
+            );
+            None
+        }
+        (Some(_), ClientAuth::None) => {
+            c.error(
+                &p.key("client_ca_file"),
+                "set client_auth = \"optional\" or \"required\" to use it",
+            );
+            None
+        }
+        (Some(f), _) => {
+            let path = dir.join(f);
+            watched.push(path.clone());
+            load_roots(&path)
+                .map_err(|e| c.error(&p.key("client_ca_file"), e))
+                .ok()
+        }
+    };
+    let mut forward = Vec::new();
+    for (header, field) in &raw.forward_client_cert {
+        let fp = p.key("forward_client_cert").key(header);
+        if !is_token(header) {
+            c.error(&fp, "not a header name");
+            continue;
+        }
+        let field = match field.as_str() {
+            "subject" => CertField::Subject,
+            "san" => CertField::San,
+            other => {
+                c.error(&fp, format!("{other:?} is not \"subject\" or \"san\""));
+                continue;
+            }
+        };
+        forward.push((header.to_ascii_lowercase().into_bytes().into(), field));
+    }
+    if !forward.is_empty() && client_auth == ClientAuth::None {
+        c.error(
+            &p.key("forward_client_cert"),
+            "needs client_auth = \"optional\" or \"required\"",
+        );
+    }
+
+    let mut resolver = SniResolver::default();
+    let mut certificates = Vec::new();
+    let mut default = None;
+    if raw.certificates.is_empty() {
+        c.error(&p.key("certificates"), "name at least one certificate");
+    }
+    for (i, rc) in raw.certificates.iter().enumerate() {
+        let cp = p.key("certificates").index(i);
+        let (cert, key) = (dir.join(&rc.cert_file), dir.join(&rc.key_file));
+        watched.push(cert.clone());
+        watched.push(key.clone());
+        let loaded = match load_cert(&cert, &key, &rc.cert_file, now) {
+            Ok(l) => l,
+            Err(e) => {
+                c.error(&cp.key("cert_file"), e);
+                continue;
+            }
+        };
+        let names: Vec<String> = match &rc.server_names {
+            Some(list) => list.iter().map(|n| n.to_ascii_lowercase()).collect(),
+            None => loaded.info.names.clone(),
+        };
+        for n in &names {
+            let bare = n.strip_prefix("*.").unwrap_or(n);
+            if bare.is_empty()
+                || bare.contains('*')
+                || !bare
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            {
+                c.error(
+                    &cp.key("server_names"),
+                    format!("{n:?} is not a host name or *.suffix"),
+                );
+            }
+        }
+        resolver.add(&names, &loaded.key);
+        if default.is_none() {
+            default = Some(loaded.key.clone());
+        }
+        certificates.push(crate::tls::CertInfo {
+            names,
+            ..loaded.info
+        });
+    }
+    if unknown_sni == UnknownSni::Default {
+        resolver.set_default(default);
+    }
+    let hsts = &raw.hsts;
+    if hsts.preload && (!hsts.include_subdomains || hsts.max_age.0.as_secs() < 31_536_000) {
+        c.error(
+            &p.key("hsts").key("preload"),
+            "preload needs include_subdomains = true and max_age of at least 365d",
+        );
+    }
+    let mut hsts_line = Vec::new();
+    if hsts.enabled {
+        hsts_line.extend_from_slice(
+            format!(
+                "strict-transport-security: max-age={}",
+                hsts.max_age.0.as_secs()
+            )
+            .as_bytes(),
+        );
+        if hsts.include_subdomains {
+            hsts_line.extend_from_slice(b"; includeSubDomains");
+        }
+        if hsts.preload {
+            hsts_line.extend_from_slice(b"; preload");
+        }
+        hsts_line.extend_from_slice(b"\r\n");
+    }
+    let server = match server_config(resolver, tls13_only, client_auth, roots) {
+        Ok(s) => s,
+        Err(e) => {
+            c.error(p, e);
+            return None;
+        }
+    };
+    Some(TlsListener {
+        server: std::sync::Arc::new(server),
+        handshake_timeout: raw.handshake_timeout.0,
+        hsts: hsts_line.into(),
+        forward: forward.into(),
+        certificates,
+    })
+}

@@ -1,0 +1,301 @@
+//! TLS termination on the real binary with real TLS clients (rustls
+//! in-process; a hand-made TLS 1.1 ClientHello): TLS 1.3 and 1.2, SNI with
+//! exact and wildcard names, the default certificate for unknown names or
+//! a refusal, mTLS with the client identity forwarded (and client copies
+//! dropped), HSTS, certificate reload without dropping connections, a
+//! broken certificate refused while the old one serves, handshake timeout.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use common::tls::*;
+use common::*;
+
+fn any_server() -> ClientSetup {
+    ClientSetup {
+        ca: None,
+        tls12_only: false,
+        identity: None,
+    }
+}
+
+fn tls_config(pki: &Pki, up: &Upstream, tls_extra: &str) -> String {
+    let api = pki.issue("api", &["api.test"]);
+    let apps = pki.issue("apps", &["*.apps.test"]);
+    config(
+        "io_uring",
+        &format!(
+            r#"[security]
+list_watch_interval = "100ms"
+
+{cluster}
+{route}"#,
+            cluster = cluster("c", &[up], ""),
+            route = route_all("c"),
+        ),
+    )
+    .replace(
+        "name = \"public\"\naddress = \"127.0.0.1:0\"\n",
+        &format!(
+            "name = \"public\"\naddress = \"127.0.0.1:0\"\n\n[listeners.tls]\nhandshake_timeout = \"500ms\"\n{tls_extra}\n\
+             [[listeners.tls.certificates]]\ncert_file = \"{}\"\nkey_file = \"{}\"\n\n\
+             [[listeners.tls.certificates]]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            api.cert.display(),
+            api.key.display(),
+            apps.cert.display(),
+            apps.key.display()
+        ),
+    )
+}
+
+fn wait_count(gw: &Gateway, needle: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while gw.count_log(needle) < n {
+        assert!(Instant::now() < deadline, "no {n}th {needle:?} in the log");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn tls13_and_tls12_with_sni_wildcards_and_hsts() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "server");
+    let up = Upstream::named("ok");
+    let gw = Gateway::start(&tls_config(&pki, &up, ""));
+    let trusted = |tls12_only| {
+        client_config(&ClientSetup {
+            ca: Some(pki.ca_der()),
+            tls12_only,
+            identity: None,
+        })
+    };
+
+    // TLS 1.3, exact name, verified against the CA.
+    let mut c = TlsClient::connect(gw.main(), "api.test", trusted(false)).unwrap();
+    assert_eq!(c.version(), Some(rustls::ProtocolVersion::TLSv1_3));
+    let (status, head, body) = c.get("/", "api.test").unwrap();
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    assert_eq!(
+        head_field(&head, "strict-transport-security"),
+        Some("max-age=31536000")
+    );
+    let seen = up.wait_requests(1);
+    assert_eq!(seen[0].header("x-forwarded-proto"), Some("https"));
+    // keep-alive over TLS
+    assert_eq!(c.get("/again", "api.test").unwrap().0, 200);
+
+    // TLS 1.2, wildcard name.
+    let mut c = TlsClient::connect(gw.main(), "shop.apps.test", trusted(true)).unwrap();
+    assert_eq!(c.version(), Some(rustls::ProtocolVersion::TLSv1_2));
+    assert_eq!(c.get("/", "shop.apps.test").unwrap().0, 200);
+    // A wildcard covers one label only: a.b.apps.test gets the default
+    // (api.test) certificate, which the client then refuses.
+    let any = client_config(&any_server());
+    let mut c = TlsClient::connect(gw.main(), "a.b.apps.test", any.clone()).unwrap();
+    assert_eq!(c.get("/", "a.b.apps.test").unwrap().0, 200);
+    let api_der = std::fs::read(dir.path().join("api.pem")).unwrap();
+    let served = c.server_cert();
+    assert!(pem_holds(&api_der, &served), "default certificate expected");
+    assert!(TlsClient::connect(gw.main(), "a.b.apps.test", trusted(false)).is_err());
+
+    // Gateway-made responses carry HSTS too.
+    let mut c = TlsClient::connect(gw.main(), "api.test", trusted(false)).unwrap();
+    let (status, head, _) = c.request("GET / HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(status, 400);
+    assert!(head_field(&head, "strict-transport-security").is_some());
+
+    // Plain HTTP on the TLS port is not answered as HTTP.
+    let r = std::panic::catch_unwind(|| request(gw.main(), "GET / HTTP/1.1\r\nHost: t\r\n\r\n"));
+    assert!(r.is_err() || r.unwrap().status == 0);
+
+    let m = scrape(&gw);
+    // Four handshakes completed; the plain-HTTP one failed (the client
+    // refusing the default certificate may not have been counted yet).
+    assert_eq!(
+        m.sum("ringgate_tls_handshakes_total", &[("result", "ok")]),
+        4.0
+    );
+    assert!(m.sum("ringgate_tls_handshakes_total", &[("result", "error")]) >= 1.0);
+    assert!(m.has("ringgate_tls_certificate_expiry_timestamp_seconds"));
+}
+
+/// Whether a PEM file holds this DER certificate.
+fn pem_holds(pem: &[u8], der: &[u8]) -> bool {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .filter_map(Result::ok)
+        .any(|c| c.as_ref() == der)
+}
+
+#[test]
+fn unknown_names_can_be_refused_and_tls_1_1_never_is_spoken() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "server");
+    let up = Upstream::named("ok");
+    let gw = Gateway::start(&tls_config(
+        &pki,
+        &up,
+        "unknown_sni = \"reject\"\nmin_version = \"1.3\"\n",
+    ));
+    let any = client_config(&any_server());
+    assert!(TlsClient::connect(gw.main(), "api.test", any.clone()).is_ok());
+    assert!(TlsClient::connect(gw.main(), "other.test", any).is_err());
+    // min_version = "1.3": a TLS 1.2 client fails.
+    let tls12 = client_config(&ClientSetup {
+        ca: None,
+        tls12_only: true,
+        identity: None,
+    });
+    assert!(TlsClient::connect(gw.main(), "api.test", tls12).is_err());
+
+    // A TLS 1.1 ClientHello (no supported_versions) gets an alert.
+    let mut s = std::net::TcpStream::connect(gw.main()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut hello = vec![0x03, 0x02]; // client_version TLS 1.1
+    hello.extend_from_slice(&[0x11; 32]); // random
+    hello.push(0); // session id
+    hello.extend_from_slice(&[0x00, 0x04, 0xc0, 0x13, 0x00, 0x2f]); // suites
+    hello.extend_from_slice(&[0x01, 0x00]); // compression: null
+    let mut handshake = vec![0x01, 0x00, 0x00, hello.len() as u8];
+    handshake.extend_from_slice(&hello);
+    let mut record = vec![0x16, 0x03, 0x01, 0x00, handshake.len() as u8];
+    record.extend_from_slice(&handshake);
+    s.write_all(&record).unwrap();
+    let mut answer = [0u8; 7];
+    s.read_exact(&mut answer).unwrap();
+    assert_eq!(answer[0], 0x15, "an alert record, not a ServerHello");
+    assert_eq!(answer[5], 2, "fatal");
+    assert_eq!(s.read(&mut [0u8; 16]).unwrap_or(0), 0, "then closed");
+}
+
+#[test]
+fn mutual_tls_forwards_the_verified_identity_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "server");
+    let clients = Pki::new(dir.path(), "clients");
+    let strangers = Pki::new(dir.path(), "strangers");
+    let alice = clients.issue("alice", &["alice.clients.test"]);
+    let mallory = strangers.issue("mallory", &["alice.clients.test"]);
+    let up = Upstream::named("ok");
+    let gw = Gateway::start(&tls_config(
+        &pki,
+        &up,
+        &format!(
+            "client_auth = \"required\"\nclient_ca_file = \"{}\"\nforward_client_cert = {{ \"x-client-subject\" = \"subject\", \"x-client-san\" = \"san\" }}\n",
+            clients.ca_file("clients").display()
+        ),
+    ));
+    let with = |identity: Option<&Issued>| {
+        client_config(&ClientSetup {
+            ca: Some(pki.ca_der()),
+            tls12_only: false,
+            identity: identity.map(|i| (i.cert.clone(), i.key.clone())),
+        })
+    };
+    let refused = |config| {
+        // TLS 1.3: the client learns of the refusal on its first read.
+        match TlsClient::connect(gw.main(), "api.test", config) {
+            Err(_) => true,
+            Ok(mut c) => c.get("/", "api.test").is_err(),
+        }
+    };
+    assert!(refused(with(None)), "no client certificate");
+    assert!(refused(with(Some(&mallory))), "untrusted issuer");
+    assert_eq!(up.request_count(), 0);
+
+    let mut c = TlsClient::connect(gw.main(), "api.test", with(Some(&alice))).unwrap();
+    let (status, _, _) = c
+        .request(
+            "GET / HTTP/1.1\r\nHost: api.test\r\nX-Client-Subject: CN=admin\r\nX-Client-San: DNS:admin\r\n\r\n",
+        )
+        .unwrap();
+    assert_eq!(status, 200);
+    let seen = up.wait_requests(1);
+    assert_eq!(seen[0].header_count("x-client-subject"), 1);
+    assert_eq!(
+        seen[0].header("x-client-subject"),
+        Some("CN=alice.clients.test")
+    );
+    assert_eq!(
+        seen[0].header("x-client-san"),
+        Some("DNS:alice.clients.test")
+    );
+
+    // A plain listener of the same gateway drops spoofed copies too.
+    drop(gw);
+}
+
+#[test]
+fn certificates_reload_without_dropping_connections_and_bad_ones_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "server");
+    let up = Upstream::named("ok");
+    let gw = Gateway::start(&tls_config(&pki, &up, ""));
+    // A new client config per connection: no resumed session hides which
+    // certificate the server has.
+    let any = || client_config(&any_server());
+    let mut kept = TlsClient::connect(gw.main(), "api.test", any()).unwrap();
+    let before = kept.server_cert();
+    assert_eq!(kept.get("/", "api.test").unwrap().0, 200);
+
+    // A renewed certificate in place of the old one: the file watcher
+    // reloads the config by itself.
+    let renewed = pki.issue("api", &["api.test"]);
+    wait_count(&gw, "config reloaded", 1);
+    // A scrape asks every worker through its control queue, behind the
+    // reload: once it answers, every worker serves the new config.
+    scrape(&gw);
+    let fresh = TlsClient::connect(gw.main(), "api.test", any()).unwrap();
+    assert_eq!(fresh.server_cert(), renewed.der);
+    assert_ne!(fresh.server_cert(), before);
+    assert_eq!(
+        kept.get("/", "api.test").unwrap().0,
+        200,
+        "old connection kept"
+    );
+
+    // A key that does not match, reloaded through the admin listener:
+    // refused, the renewed certificate keeps serving.
+    std::fs::copy(dir.path().join("apps.key"), dir.path().join("api.key")).unwrap();
+    let r = request(
+        gw.admin(),
+        "POST /reload HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(r.status, 202);
+    let line = gw.wait_log("does not match");
+    assert!(line.contains("api.key"), "{line}");
+    let still = TlsClient::connect(gw.main(), "api.test", any()).unwrap();
+    assert_eq!(still.server_cert(), renewed.der);
+
+    // An expired certificate is refused too.
+    let expired = pki.issue_with("api", &["api.test"], |p| {
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    });
+    let _ = expired;
+    gw.signal("HUP");
+    gw.wait_log("has expired");
+    let still = TlsClient::connect(gw.main(), "api.test", any()).unwrap();
+    assert_eq!(still.server_cert(), renewed.der);
+    assert_eq!(kept.get("/", "api.test").unwrap().0, 200);
+}
+
+#[test]
+fn a_silent_client_is_dropped_after_the_handshake_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "server");
+    let up = Upstream::named("ok");
+    let gw = Gateway::start(&tls_config(&pki, &up, ""));
+    let mut s = std::net::TcpStream::connect(gw.main()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let started = Instant::now();
+    assert_eq!(s.read(&mut [0u8; 16]).unwrap_or(0), 0);
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let m = scrape(&gw);
+    assert_eq!(
+        m.sum("ringgate_tls_handshakes_total", &[("result", "error")]),
+        1.0
+    );
+}
