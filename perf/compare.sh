@@ -5,7 +5,7 @@
 #   perf/compare.sh [--reps N] [--duration SECONDS] [--connections N]
 #                   [--scenarios "small 16k 1m post64k newconn"] [--no-latency] [--no-idle]
 #                   [--observability] [--baseline PATH-TO-RINGGATE-BINARY]
-#                   [--ip-list N] [--rate-limit] [--jwt RS256|ES256]
+#                   [--ip-list N] [--rate-limit] [--jwt RS256|ES256] [--tls]
 #
 # --observability adds the target ringgate-obs: the same build with the
 # access log on (to a file) besides the always-on metrics. --baseline adds
@@ -17,7 +17,11 @@
 # --jwt ALG makes their route require a JWT (keys from tests/fixtures/auth)
 # and adds the scenario "jwt": small GETs carrying one valid token (so the
 # verified-token cache is warm after the first request); peers and the
-# baseline get the same header and ignore it.
+# baseline get the same header and ignore it. --tls makes every target
+# (peers included) terminate TLS 1.3 with one ECDSA P-256 certificate made
+# for the run, and runs the scenarios "tls" (small GETs over keep-alive
+# TLS connections) and "tlsnew" (a new TLS connection, full handshake, per
+# request); the origin stays plain HTTP.
 #
 # Layout (2 cores): every proxy runs ONE worker pinned to core 0; the origin
 # (nginx serving fixed bodies) and the load generator (wrk) are pinned to
@@ -57,12 +61,14 @@ BASELINE=""
 IP_LIST=0
 RATE_LIMIT=0
 JWT_ALG=""
+TLS=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --observability) EXTRA="$EXTRA ringgate-obs"; shift ;;
     --ip-list) IP_LIST=$2; shift 2 ;;
     --rate-limit) RATE_LIMIT=1; shift ;;
     --jwt) JWT_ALG=$2; shift 2 ;;
+    --tls) TLS=1; shift ;;
     --baseline) BASELINE=$(realpath "$2"); EXTRA="$EXTRA ringgate-base"; shift 2 ;;
     --no-latency) LATENCY=0; shift ;;
     --no-idle) IDLE=0; shift ;;
@@ -239,6 +245,29 @@ for i in range($IP_LIST):
     print(f'{n >> 24}.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}')" > "$WORK/deny.txt"
   printf '[security.ip_filter]\ndeny_files = ["%s"]\n' "$WORK/deny.txt" >> "$WORK/ringgate.toml"
 fi
+if [ "$TLS" = 1 ]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=bench.test -addext subjectAltName=DNS:bench.test \
+    -keyout "$WORK/tls.key" -out "$WORK/tls.crt" 2>/dev/null
+  cat "$WORK/tls.crt" "$WORK/tls.key" > "$WORK/tls.pem"
+  chmod a+r "$WORK"/tls.*
+  sed -i -e "s|listen 127.0.0.1:$P_NGINX backlog=4096;|listen 127.0.0.1:$P_NGINX ssl backlog=4096;\n    ssl_certificate $WORK/tls.crt;\n    ssl_certificate_key $WORK/tls.key;\n    ssl_protocols TLSv1.3;\n    ssl_session_cache shared:SSL:10m;|" "$WORK/nginx.conf"
+  sed -i -e "s|bind 127.0.0.1:$P_HAPROXY|bind 127.0.0.1:$P_HAPROXY ssl crt $WORK/tls.pem ssl-min-ver TLSv1.3 alpn http/1.1|" "$WORK/haproxy.cfg"
+  for f in "$WORK/ringgate.toml" "$WORK/ringgate-base.toml"; do
+    python3 - "$f" "$WORK" <<'PY'
+import sys
+path, work = sys.argv[1], sys.argv[2]
+text = open(path).read()
+at = text.index("[[clusters]]")
+tls = (f'[listeners.tls]\nmin_version = "1.3"\n[[listeners.tls.certificates]]\n'
+       f'cert_file = "{work}/tls.crt"\nkey_file = "{work}/tls.key"\n')
+open(path, "w").write(text[:at] + tls + text[at:])
+PY
+  done
+  SCENARIOS="tls tlsnew"
+  # The latency generator and the idle phase speak plain HTTP.
+  LATENCY=0; IDLE=0
+fi
 # The same config with the access log on.
 sed -e "s/:$P_RINGGATE\"/:$P_RINGGATE_OBS\"/" "$WORK/ringgate.toml" > "$WORK/ringgate-obs.toml"
 printf '[access_log]\ndestination = "%s"\n' "$WORK/logs/access.log" >> "$WORK/ringgate-obs.toml"
@@ -295,6 +324,8 @@ wrk_args() {
     post64k) echo "-s $WORK/post.lua /post" ;;
     newconn) echo "-s $WORK/close.lua /small" ;;
     jwt) echo "-s $WORK/jwt.lua /small" ;;
+    tls) echo "/small" ;;
+    tlsnew) echo "-s $WORK/close.lua /small" ;;
   esac
 }
 
@@ -306,7 +337,8 @@ for scenario in $SCENARIOS; do
     for target in $TARGETS $EXTRA; do
       read -r -a args <<< "$(wrk_args "$scenario")"
       path=${args[-1]}; unset 'args[-1]'
-      url="http://127.0.0.1:$(port_of "$target")$path"
+      scheme=http; [ "$TLS" = 1 ] && scheme=https
+      url="$scheme://127.0.0.1:$(port_of "$target")$path"
       # warm-up: fill pools and caches
       taskset -c 1 wrk -t1 -c"$conns" -d1s "${args[@]}" "$url" > /dev/null
       c0=$(cpu_ticks "$target"); o0=$(active_opens)
@@ -329,7 +361,7 @@ m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 errs += int(m.group(1)) if m else 0
 cpu_us = int(ticks) * 1e6 / int(hz) / max(req, 1)
 # wrk opens `conns` connections per run, or one per request with Connection: close
-client_opens = req if scenario == "newconn" else int(conns)
+client_opens = req if scenario in ("newconn", "tlsnew") else int(conns)
 up_opens = max(int(opens) - client_opens, 0)
 print(f"{target} {scenario} {rep} {rps:.0f} {cpu_us:.2f} {ms('50'):.3f} {ms('99'):.3f} {up_opens * 1000 / max(req, 1):.2f} {errs}")
 PY

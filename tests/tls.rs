@@ -299,3 +299,56 @@ fn a_silent_client_is_dropped_after_the_handshake_timeout() {
         1.0
     );
 }
+
+#[test]
+fn routes_can_require_the_client_certificate_as_credential() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "server");
+    let clients = Pki::new(dir.path(), "clients");
+    let alice = clients.issue("alice", &["alice.clients.test"]);
+    let bob = clients.issue("bob", &["bob.clients.test"]);
+    let up = Upstream::named("ok");
+    let routes = r#"[[routes]]
+name = "private"
+match = { path = "/private" }
+proxy = { cluster = "c" }
+auth = { methods = ["mtls"], claims = [{ name = "cn", equals = "alice.clients.test" }], forward = { "x-user" = "subject" } }
+"#;
+    let text = tls_config(
+        &pki,
+        &up,
+        &format!(
+            "client_auth = \"optional\"\nclient_ca_file = \"{}\"\n",
+            clients.ca_file("clients").display()
+        ),
+    )
+    .replace(
+        "[[routes]]\nname = \"all\"",
+        &format!("{routes}\n[[routes]]\nname = \"all\""),
+    );
+    let gw = Gateway::start(&text);
+    let with = |identity: Option<&Issued>| {
+        let config = client_config(&ClientSetup {
+            ca: Some(pki.ca_der()),
+            tls12_only: false,
+            identity: identity.map(|i| (i.cert.clone(), i.key.clone())),
+        });
+        TlsClient::connect(gw.main(), "api.test", config).unwrap()
+    };
+
+    // Optional: no certificate is fine for routes that do not ask for one.
+    let mut anonymous = with(None);
+    assert_eq!(anonymous.get("/public", "api.test").unwrap().0, 200);
+    let (status, head, _) = anonymous.get("/private", "api.test").unwrap();
+    assert_eq!(status, 401);
+    assert!(head_field(&head, "www-authenticate").is_some());
+
+    let (status, _, _) = with(Some(&alice)).get("/private", "api.test").unwrap();
+    assert_eq!(status, 200);
+    let seen = up.wait_requests(2);
+    assert_eq!(seen[1].header("x-user"), Some("CN=alice.clients.test"));
+
+    // A valid certificate that fails the route's claim rule: 403.
+    assert_eq!(with(Some(&bob)).get("/private", "api.test").unwrap().0, 403);
+    assert_eq!(up.request_count(), 2);
+}

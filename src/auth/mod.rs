@@ -169,6 +169,8 @@ pub enum Method {
     /// An opaque bearer token, introspected at this endpoint (index into
     /// `AuthConfig::introspection`).
     Introspection(usize),
+    /// The client certificate verified by the TLS handshake.
+    Mtls,
 }
 
 /// What a forwarded identity header carries.
@@ -466,7 +468,8 @@ pub enum Checked<'a> {
 
 /// Authenticates and authorizes one request at `now` (seconds since the
 /// epoch). `fresh` holds the introspection answers just received, by
-/// endpoint index.
+/// endpoint index; `client_cert` the connection's verified client
+/// certificate.
 pub fn check<'a>(
     route: &RouteAuth,
     cfg: &'a AuthConfig,
@@ -474,6 +477,7 @@ pub fn check<'a>(
     now: u64,
     state: &AuthState,
     fresh: &[(usize, Introspected)],
+    client_cert: Option<&Rc<Principal>>,
 ) -> Checked<'a> {
     let mut failure: Option<&'static str> = None;
     let mut identity = None;
@@ -497,6 +501,10 @@ pub fn check<'a>(
                         Err(reason) => Err(reason),
                     },
                 },
+            },
+            Method::Mtls => match client_cert {
+                None => continue,
+                Some(p) => Ok(Identity::Token(p.clone())),
             },
             Method::ApiKey => match req.header(&cfg.api_key_header) {
                 None => continue,

@@ -65,6 +65,8 @@ pub struct Secure {
     pub listener: Option<std::sync::Arc<crate::tls::TlsListener>>,
     /// Client-certificate header lines for the upstream.
     pub client_cert: Vec<u8>,
+    /// The verified client certificate as a principal (`mtls` routes).
+    pub client_principal: Option<Rc<crate::auth::Principal>>,
 }
 
 impl Secure {
@@ -599,7 +601,8 @@ async fn authenticate<'c, S: Stream>(
             buf: &d.rbuf[d.start..],
         };
         let now = unix_now();
-        match check(ra, &cfg.auth, &view, now, &ctx.auth, &fresh) {
+        let cert = d.secure.client_principal.as_ref();
+        match check(ra, &cfg.auth, &view, now, &ctx.auth, &fresh, cert) {
             Checked::Done(outcome) => break outcome,
             Checked::Introspect(e, token) => {
                 let endpoint = &cfg.auth.introspection[e];

@@ -180,6 +180,32 @@ pub fn client_identity(der: &[u8]) -> Option<(String, String)> {
     Some((subject, sans.join(", ")))
 }
 
+/// A verified client certificate as a principal: the subject DN is the
+/// subject; claims `subject`, `cn` and `san` (an array of `DNS:..`,
+/// `URI:..`, `email:..`) serve routes' claim rules and forwarding.
+pub fn client_principal(der: &[u8]) -> Option<crate::auth::Principal> {
+    use serde_json::Value;
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let (subject, san) = client_identity(der)?;
+    let mut claims = serde_json::Map::new();
+    claims.insert("subject".into(), Value::String(subject.clone()));
+    if let Some(cn) = cert.subject().iter_common_name().next() {
+        if let Ok(cn) = cn.as_str() {
+            claims.insert("cn".into(), Value::String(cn.into()));
+        }
+    }
+    let sans: Vec<Value> = san
+        .split(", ")
+        .filter(|s| !s.is_empty())
+        .map(|s| Value::String(s.into()))
+        .collect();
+    claims.insert("san".into(), Value::Array(sans));
+    let mut p = crate::auth::Principal::from_claims(claims, "groups", "mtls");
+    p.subject = subject.into();
+    Some(p)
+}
+
 /// Certificates by SNI name: exact names, then `*.suffix` wildcards (one
 /// label), then the default (the listener's first certificate) unless
 /// unknown names are rejected. Of several certificates for a name (RSA and

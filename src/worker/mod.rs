@@ -554,9 +554,16 @@ async fn serve_tls(
         stream.session().peer_certificates(),
         &mut client_cert,
     );
+    let client_principal = stream
+        .session()
+        .peer_certificates()
+        .and_then(<[_]>::first)
+        .and_then(|c| crate::tls::client_principal(c))
+        .map(Rc::new);
     let secure = crate::http::conn::Secure {
         listener: Some(tls),
         client_cert,
+        client_principal,
     };
     serve(ctx.clone(), stream, peer, accepted_at, false, secure).await;
 }

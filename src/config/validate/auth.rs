@@ -487,6 +487,7 @@ pub(super) fn route_auth(
                 c.error(&mp, "api_key needs [[auth.consumers]] with keys");
             }
             "api_key" => methods.push(Method::ApiKey),
+            "mtls" => methods.push(Method::Mtls),
             "jwt" if auth.issuers.is_empty() => c.error(&mp, "jwt needs an [[auth.jwt]] issuer"),
             "jwt" => methods.push(Method::Jwt(None)),
             other => {
@@ -501,7 +502,7 @@ pub(super) fn route_auth(
                     (_, Some(e)) => methods.push(Method::Introspection(e)),
                     _ => c.error(
                         &mp,
-                        format!("{other:?} is not \"api_key\", \"jwt\", \"jwt:<issuer name>\" or \"introspection:<endpoint name>\""),
+                        format!("{other:?} is not \"api_key\", \"jwt\", \"jwt:<issuer name>\", \"introspection:<endpoint name>\" or \"mtls\""),
                     ),
                 }
             }
