@@ -222,9 +222,6 @@ fn mutual_tls_forwards_the_verified_identity_only() {
         seen[0].header("x-client-san"),
         Some("DNS:alice.clients.test")
     );
-
-    // A plain listener of the same gateway drops spoofed copies too.
-    drop(gw);
 }
 
 #[test]
@@ -270,11 +267,10 @@ fn certificates_reload_without_dropping_connections_and_bad_ones_are_refused() {
     assert_eq!(still.server_cert(), renewed.der);
 
     // An expired certificate is refused too.
-    let expired = pki.issue_with("api", &["api.test"], |p| {
+    pki.issue_with("api", &["api.test"], |p| {
         p.not_before = rcgen::date_time_ymd(2020, 1, 1);
         p.not_after = rcgen::date_time_ymd(2021, 1, 1);
     });
-    let _ = expired;
     gw.signal("HUP");
     gw.wait_log("has expired");
     let still = TlsClient::connect(gw.main(), "api.test", any()).unwrap();

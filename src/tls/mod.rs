@@ -161,45 +161,32 @@ fn leaf_facts(der: &CertificateDer<'_>) -> Result<(Vec<String>, i64), String> {
     Ok((names, cert.validity().not_after.timestamp()))
 }
 
-/// The identity of a verified client certificate, as header values.
-pub fn client_identity(der: &[u8]) -> Option<(String, String)> {
+/// A verified client certificate (DER) as a principal: the subject DN
+/// (RFC 4514 form) is the subject; claims `subject`, `cn` and `san` (an
+/// array of `DNS:..`, `URI:..`, `email:..`) serve routes' claim rules,
+/// identity headers and `forward_client_cert`.
+pub fn client_principal(der: &[u8]) -> Option<crate::auth::Principal> {
+    use serde_json::Value;
     use x509_parser::prelude::*;
     let (_, cert) = X509Certificate::from_der(der).ok()?;
     let subject = cert.subject().to_string();
     let mut sans = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for n in &san.value.general_names {
-            match n {
-                GeneralName::DNSName(s) => sans.push(format!("DNS:{s}")),
-                GeneralName::URI(s) => sans.push(format!("URI:{s}")),
-                GeneralName::RFC822Name(s) => sans.push(format!("email:{s}")),
-                _ => {}
-            }
+            let name = match n {
+                GeneralName::DNSName(s) => format!("DNS:{s}"),
+                GeneralName::URI(s) => format!("URI:{s}"),
+                GeneralName::RFC822Name(s) => format!("email:{s}"),
+                _ => continue,
+            };
+            sans.push(Value::String(name));
         }
     }
-    Some((subject, sans.join(", ")))
-}
-
-/// A verified client certificate as a principal: the subject DN is the
-/// subject; claims `subject`, `cn` and `san` (an array of `DNS:..`,
-/// `URI:..`, `email:..`) serve routes' claim rules and forwarding.
-pub fn client_principal(der: &[u8]) -> Option<crate::auth::Principal> {
-    use serde_json::Value;
-    use x509_parser::prelude::*;
-    let (_, cert) = X509Certificate::from_der(der).ok()?;
-    let (subject, san) = client_identity(der)?;
     let mut claims = serde_json::Map::new();
     claims.insert("subject".into(), Value::String(subject.clone()));
-    if let Some(cn) = cert.subject().iter_common_name().next() {
-        if let Ok(cn) = cn.as_str() {
-            claims.insert("cn".into(), Value::String(cn.into()));
-        }
+    if let Some(Ok(cn)) = cert.subject().iter_common_name().next().map(|c| c.as_str()) {
+        claims.insert("cn".into(), Value::String(cn.into()));
     }
-    let sans: Vec<Value> = san
-        .split(", ")
-        .filter(|s| !s.is_empty())
-        .map(|s| Value::String(s.into()))
-        .collect();
     claims.insert("san".into(), Value::Array(sans));
     let mut p = crate::auth::Principal::from_claims(claims, "groups", "mtls");
     p.subject = subject.into();
@@ -325,21 +312,30 @@ pub fn load_roots(file: &std::path::Path) -> Result<rustls::RootCertStore, Strin
 }
 
 /// The identity header lines for a handshake's verified client
-/// certificate (nothing without one).
+/// certificate.
 pub fn render_client_cert(
     forward: &[(Box<[u8]>, CertField)],
-    certs: Option<&[CertificateDer<'_>]>,
+    cert: &crate::auth::Principal,
     out: &mut Vec<u8>,
 ) {
-    let Some(leaf) = certs.and_then(<[_]>::first) else {
-        return;
-    };
-    let Some((subject, san)) = client_identity(leaf) else {
-        return;
-    };
+    let mut san = String::new();
+    if forward.iter().any(|(_, f)| *f == CertField::San) {
+        let names = cert.claims.get("san").and_then(serde_json::Value::as_array);
+        for (i, n) in names
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n.as_str())
+            .enumerate()
+        {
+            if i > 0 {
+                san.push_str(", ");
+            }
+            san.push_str(n);
+        }
+    }
     for (name, field) in forward {
-        let value = match field {
-            CertField::Subject => &subject,
+        let value: &str = match field {
+            CertField::Subject => &cert.subject,
             CertField::San => &san,
         };
         if value.is_empty() || value.bytes().any(|b| b < 0x20 || b == 0x7f) {

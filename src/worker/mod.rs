@@ -548,18 +548,17 @@ async fn serve_tls(
         return;
     }
     ctx.tls_handshakes.set(ctx.tls_handshakes.get() + 1);
-    let mut client_cert = Vec::new();
-    crate::tls::render_client_cert(
-        &tls.forward,
-        stream.session().peer_certificates(),
-        &mut client_cert,
-    );
+    // The client certificate is parsed once, for the connection's life.
     let client_principal = stream
         .session()
         .peer_certificates()
         .and_then(<[_]>::first)
         .and_then(|c| crate::tls::client_principal(c))
         .map(Rc::new);
+    let mut client_cert = Vec::new();
+    if let Some(cert) = &client_principal {
+        crate::tls::render_client_cert(&tls.forward, cert, &mut client_cert);
+    }
     let secure = crate::http::conn::Secure {
         listener: Some(tls),
         client_cert,
