@@ -38,6 +38,10 @@ pub enum GatewayError {
     /// 404: no route matches (client side).
     #[error("no route")]
     NotFound,
+    /// 421: a redirect listener does not know the requested host (client
+    /// side; the gateway never redirects to a host it was not told about).
+    #[error("misdirected request")]
+    MisdirectedRequest,
     /// 405: the route does not accept this method (client side; `Allow` lists
     /// what it accepts, RFC 9110 15.5.6).
     #[error("method not allowed")]
@@ -99,6 +103,7 @@ impl GatewayError {
             | GatewayError::InvalidBody => 400,
             GatewayError::Forbidden | GatewayError::CorsRefused => 403,
             GatewayError::NotFound => 404,
+            GatewayError::MisdirectedRequest => 421,
             GatewayError::MethodNotAllowed => 405,
             GatewayError::UnsupportedMediaType => 415,
             GatewayError::TooManyRequests => 429,
@@ -128,6 +133,7 @@ impl GatewayError {
             GatewayError::Forbidden => "forbidden",
             GatewayError::CorsRefused => "cross-origin request not allowed",
             GatewayError::NotFound => "no route matches this request",
+            GatewayError::MisdirectedRequest => "unknown host",
             GatewayError::MethodNotAllowed => "method not allowed",
             GatewayError::UnsupportedMediaType => "unsupported media type",
             GatewayError::TooManyRequests => "rate limit exceeded",

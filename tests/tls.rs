@@ -348,3 +348,54 @@ auth = { methods = ["mtls"], claims = [{ name = "cn", equals = "alice.clients.te
     assert_eq!(with(Some(&bob)).get("/private", "api.test").unwrap().0, 403);
     assert_eq!(up.request_count(), 2);
 }
+
+#[test]
+fn a_redirect_listener_sends_known_hosts_to_https_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "server");
+    let up = Upstream::named("ok");
+    let text = format!(
+        "{}\n[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n\
+         [listeners.redirect_https]\nport = 8443\nhosts = [\"www.test\"]\n",
+        tls_config(&pki, &up, "")
+    );
+    let gw = Gateway::start(&text);
+    let mut c = Client::connect(gw.addr("http"));
+    let r = c.request("GET /a/b?x=1&y=%2F HTTP/1.1\r\nHost: API.test\r\n\r\n");
+    assert_eq!(r.status, 308);
+    assert_eq!(
+        r.header("location"),
+        Some("https://api.test:8443/a/b?x=1&y=%2F")
+    );
+    assert!(r.header("x-request-id").is_some());
+    assert_eq!(r.header("strict-transport-security"), None, "not over TLS");
+    // Same connection: a certificate's wildcard name and a listed name.
+    let r = c.request("HEAD /s HTTP/1.1\r\nHost: shop.apps.test\r\n\r\n");
+    assert_eq!(r.header("location"), Some("https://shop.apps.test:8443/s"));
+    let r = c.request("GET / HTTP/1.1\r\nHost: www.test:80\r\n\r\n");
+    assert_eq!(r.header("location"), Some("https://www.test:8443/"));
+
+    // Never an open redirect: an unknown host gets 421, no host 400.
+    let r = c.request("GET /x HTTP/1.1\r\nHost: evil.example\r\n\r\n");
+    assert_json_error(&r, 421);
+    assert_eq!(r.header("location"), None);
+    let r = request(
+        gw.addr("http"),
+        "GET http://evil.example/x HTTP/1.1\r\nHost: api.test\r\n\r\n",
+    );
+    assert_json_error(&r, 421);
+    assert_json_error(&request(gw.addr("http"), "GET / HTTP/1.0\r\n\r\n"), 400);
+
+    // A request with a body is redirected, then the connection closes.
+    let mut c = Client::connect(gw.addr("http"));
+    let r = c.request("POST /p HTTP/1.1\r\nHost: api.test\r\nContent-Length: 3\r\n\r\nabc");
+    assert_eq!(r.status, 308);
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(c.is_closed());
+
+    // The TLS listener itself still serves.
+    let any = client_config(&any_server());
+    let mut t = TlsClient::connect(gw.addr("public"), "api.test", any).unwrap();
+    assert_eq!(t.get("/", "api.test").unwrap().0, 200);
+    assert_eq!(up.request_count(), 1, "redirects never reach the upstream");
+}

@@ -289,3 +289,9 @@ pub fn tls_client_auth() -> String {
 pub fn hsts_max_age() -> Duration {
     Duration(StdDuration::from_secs(31_536_000))
 }
+pub fn redirect_status() -> u16 {
+    308
+}
+pub fn https_port() -> u16 {
+    443
+}

@@ -118,6 +118,8 @@ pub struct ListenerConfig {
     pub proxy_protocol: bool,
     /// TLS termination, when configured.
     pub tls: Option<std::sync::Arc<crate::tls::TlsListener>>,
+    /// Answer every request with a redirect to https, when configured.
+    pub redirect: Option<std::sync::Arc<crate::routing::redirect::HttpsRedirect>>,
 }
 
 #[derive(Debug, Clone)]

@@ -452,6 +452,8 @@ pub struct RawListener {
     pub backlog: u32,
     /// Terminate TLS on this listener.
     pub tls: Option<super::raw_tls::RawTls>,
+    /// Redirect every request to https instead of serving it.
+    pub redirect_https: Option<super::raw_tls::RawRedirect>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]

@@ -68,3 +68,19 @@ impl Default for RawHsts {
         }
     }
 }
+
+/// `[listeners.redirect_https]`: answer every request on a plain listener
+/// with a redirect to https.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedirect {
+    /// 308 (keeps the method and body) or 301.
+    #[serde(default = "d::redirect_status")]
+    pub status: u16,
+    /// The https port named in `Location` (left out when 443).
+    #[serde(default = "d::https_port")]
+    pub port: u16,
+    /// Host names redirected besides route hosts and certificate names.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}

@@ -186,6 +186,9 @@ fn build(c: &mut Checker<'_>, raw: RawConfig, dir: &std::path::Path) -> Config {
 
     let mut listeners = Vec::new();
     let mut tls_watched = Vec::new();
+    // (index in `listeners`, index in the file) of redirecting listeners,
+    // finished once the route hosts are known.
+    let mut redirects = Vec::new();
     let mut names = HashSet::new();
     if raw.listeners.is_empty() {
         c.error(&root, "at least one [[listeners]] entry is required");
@@ -214,7 +217,16 @@ fn build(c: &mut Checker<'_>, raw: RawConfig, dir: &std::path::Path) -> Config {
                 "PROXY protocol in front of TLS is not supported yet",
             );
         }
+        if l.tls.is_some() && l.redirect_https.is_some() {
+            c.error(
+                &p.key("redirect_https"),
+                "a TLS listener serves https itself; redirect from a plain listener",
+            );
+        }
         if let Some(address) = parse_listen_addr(c, &p.key("address"), &l.address) {
+            if l.redirect_https.is_some() {
+                redirects.push((listeners.len(), i));
+            }
             listeners.push(ListenerConfig {
                 name: l.name.clone(),
                 address,
@@ -222,6 +234,7 @@ fn build(c: &mut Checker<'_>, raw: RawConfig, dir: &std::path::Path) -> Config {
                 backlog: l.backlog,
                 proxy_protocol: l.proxy_protocol,
                 tls: tls.map(std::sync::Arc::new),
+                redirect: None,
             });
         }
     }
@@ -315,6 +328,13 @@ fn build(c: &mut Checker<'_>, raw: RawConfig, dir: &std::path::Path) -> Config {
         }
     }
     watched.extend(tls_watched);
+    for (at, i) in redirects {
+        if let Some(r) = &raw.listeners[i].redirect_https {
+            let p = root.key("listeners").index(i).key("redirect_https");
+            listeners[at].redirect =
+                tls::redirect(c, &p, r, &routes, &listeners).map(std::sync::Arc::new);
+        }
+    }
     let security = Security {
         watched_files: watched,
         ..security

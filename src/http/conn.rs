@@ -30,7 +30,8 @@ use super::io::{make_room, read_into, write_all, Stream};
 use super::log_phase::{audit, capture_for_log, deny, finish, trace_context, Record};
 use super::proxy;
 use super::response::{
-    render_direct, render_empty, render_error, render_error_detail, ConnHeader, RequestId,
+    push_field, render_direct, render_empty, render_error, render_error_detail, ConnHeader,
+    RequestId,
 };
 use crate::config::Config;
 use crate::error::GatewayError;
@@ -83,6 +84,8 @@ impl Secure {
 pub struct Downstream<S> {
     pub stream: S,
     pub peer: SocketAddr,
+    /// Index of the listener in the config (its settings follow reloads).
+    pub listener: usize,
     pub secure: Secure,
     /// Read buffer: the request head at `start`, then body or pipelined bytes.
     pub rbuf: Vec<u8>,
@@ -116,10 +119,17 @@ pub struct Downstream<S> {
 }
 
 impl<S: Stream> Downstream<S> {
-    fn new(stream: S, peer: SocketAddr, max_trailers: usize, secure: Secure) -> Self {
+    fn new(
+        stream: S,
+        peer: SocketAddr,
+        listener: usize,
+        max_trailers: usize,
+        secure: Secure,
+    ) -> Self {
         Self {
             stream,
             peer,
+            listener,
             secure,
             rbuf: Vec::with_capacity(READ_BUF),
             start: 0,
@@ -187,6 +197,7 @@ pub async fn serve<S: Stream>(
     ctx: Rc<WorkerCtx>,
     stream: S,
     peer: SocketAddr,
+    listener: usize,
     accepted: Instant,
     proxy_protocol: bool,
     secure: Secure,
@@ -196,6 +207,7 @@ pub async fn serve<S: Stream>(
     let mut d = Downstream::new(
         stream,
         peer,
+        listener,
         snap.config.limits.head.max_header_bytes,
         secure,
     );
@@ -372,9 +384,13 @@ async fn exchange<S: Stream>(ctx: &WorkerCtx, snap: &Snapshot, d: &mut Downstrea
         })
         .map(|h| h.value.get(view.buf));
     d.rec.client = Some(client_ip(d.peer.ip(), xff, &cfg.security.trusted_proxies));
+    let redirecting = cfg
+        .listeners
+        .get(d.listener)
+        .is_some_and(|l| l.redirect.is_some());
     let route = match normalized {
-        Ok(_) => cfg.router.find_for(&view, &d.path, routing_method(&view)),
-        Err(_) => None,
+        Ok(_) if !redirecting => cfg.router.find_for(&view, &d.path, routing_method(&view)),
+        _ => None,
     };
     let next = stages(ctx, snap, d, route, normalized, &id).await;
     finish(ctx, snap, d, route, method, &id);
@@ -424,6 +440,16 @@ async fn stages<S: Stream>(
         capture_for_log(ctx, snap, d, None);
         deny(ctx, &ctx.unmatched, None, client, &d.path, id);
         return respond_error(d, GatewayError::Forbidden, id, keep).await;
+    }
+
+    // a redirecting listener answers every request itself
+    if let Some(redirect) = cfg
+        .listeners
+        .get(d.listener)
+        .and_then(|l| l.redirect.as_deref())
+    {
+        capture_for_log(ctx, snap, d, None);
+        return redirect_https(d, redirect, id, keep).await;
     }
 
     // route
@@ -669,6 +695,43 @@ async fn send_direct<S: Stream>(
     match write_all(&mut d.stream, &mut d.wbuf).await {
         Ok(()) if keep => Next::KeepAlive,
         _ => Next::Close,
+    }
+}
+
+/// Answers with a redirect to the same host, path and query over https.
+async fn redirect_https<S: Stream>(
+    d: &mut Downstream<S>,
+    redirect: &crate::routing::redirect::HttpsRedirect,
+    id: &RequestId,
+    keep: bool,
+) -> Next {
+    let view = RequestView {
+        head: &d.head,
+        buf: &d.rbuf[d.start..],
+    };
+    if let Err(e) = redirect.location(&view, &mut d.scratch) {
+        return respond_error(d, e, id, keep).await;
+    }
+    push_field(&mut d.extra, b"location", &d.scratch);
+    d.extra.extend_from_slice(b"content-length: 0\r\n");
+    let conn = d.conn_header(keep);
+    d.consume_head();
+    render_empty(
+        &mut d.wbuf,
+        redirect.status,
+        id,
+        conn,
+        &[&d.gateway_fields, &d.extra],
+    );
+    d.rec.status = redirect.status;
+    d.rec.bytes_out = d.wbuf.len() as u64;
+    match write_all(&mut d.stream, &mut d.wbuf).await {
+        Ok(()) if keep => Next::KeepAlive,
+        Ok(()) => {
+            linger_close(d).await;
+            Next::Close
+        }
+        Err(_) => Next::Close,
     }
 }
 

@@ -21,6 +21,8 @@
 //! in [`Route::rank`] if it makes a route more specific, and document it in
 //! docs/configuration.md.
 
+pub mod redirect;
+
 use std::collections::HashMap;
 
 use crate::http::head::{Method, RequestView};

@@ -534,6 +534,7 @@ async fn serve_tls(
     ctx: &Rc<WorkerCtx>,
     stream: monoio::net::TcpStream,
     peer: std::net::SocketAddr,
+    index: usize,
     accepted_at: Instant,
     tls: Arc<crate::tls::TlsListener>,
 ) {
@@ -564,7 +565,7 @@ async fn serve_tls(
         client_cert,
         client_principal,
     };
-    serve(ctx.clone(), stream, peer, accepted_at, false, secure).await;
+    serve(ctx.clone(), stream, peer, index, accepted_at, false, secure).await;
 }
 
 /// Accepts connections on one listener while the worker has slots for them.
@@ -609,13 +610,14 @@ async fn accept_loop(
                                 ctx.clone(),
                                 stream,
                                 peer,
+                                index,
                                 accepted_at,
                                 proxy_protocol,
                                 plain,
                             )
                             .await;
                         }
-                        Some(tls) => serve_tls(&ctx, stream, peer, accepted_at, tls).await,
+                        Some(tls) => serve_tls(&ctx, stream, peer, index, accepted_at, tls).await,
                     }
                     slots.release();
                     ctx.conns.release();

@@ -178,3 +178,36 @@ auth = {{ methods = ["introspection:other"] }}
     );
     assert!(e.contains("routes[0].auth.methods[0]"), "{e}");
 }
+
+#[test]
+fn redirect_listeners_need_known_hosts_and_a_redirect_status() {
+    let plain =
+        "[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n[listeners.redirect_https]\n";
+    let e = errors(&format!("{BASE}{plain}"));
+    assert!(
+        e[0].starts_with("gw.toml:")
+            && e[0].contains("listeners[1].redirect_https.hosts: no host name"),
+        "{e:?}"
+    );
+    let e = errors(&format!(
+        "{BASE}{plain}status = 302\nhosts = [\"a.test\", \"bad host\"]\n"
+    ));
+    assert!(
+        e.iter()
+            .any(|l| l.contains("redirect_https.status: 302 is not 308 or 301")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|l| l.contains("redirect_https.hosts[1]: \"bad host\"")),
+        "{e:?}"
+    );
+
+    // Route hosts are known names.
+    let routed = format!(
+        "{BASE}{plain}\n[[routes]]\nname = \"r\"\nmatch = {{ host = \"API.test\" }}\nrespond = {{ status = 200 }}\n"
+    );
+    let c = Config::parse("gw.toml", &routed).unwrap();
+    assert!(c.listeners[1].redirect.is_some());
+    assert!(c.listeners[0].redirect.is_none());
+}

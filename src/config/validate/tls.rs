@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 
 use super::{is_token, Checker};
 use crate::config::diagnostic::KeyPath;
-use crate::config::raw_tls::RawTls;
+use crate::config::raw_tls::{RawRedirect, RawTls};
+use crate::config::ListenerConfig;
+use crate::routing::redirect::HttpsRedirect;
+use crate::routing::{HostMatch, Route};
 use crate::tls::{
     load_cert, load_roots, server_config, CertField, ClientAuth, SniResolver, TlsListener,
     UnknownSni,
@@ -129,19 +132,11 @@ pub(super) fn listener(
             Some(list) => list.iter().map(|n| n.to_ascii_lowercase()).collect(),
             None => loaded.info.names.clone(),
         };
-        for n in &names {
-            let bare = n.strip_prefix("*.").unwrap_or(n);
-            if bare.is_empty()
-                || bare.contains('*')
-                || !bare
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-            {
-                c.error(
-                    &cp.key("server_names"),
-                    format!("{n:?} is not a host name or *.suffix"),
-                );
-            }
+        for n in names.iter().filter(|n| !is_host_pattern(n)) {
+            c.error(
+                &cp.key("server_names"),
+                format!("{n:?} is not a host name or *.suffix"),
+            );
         }
         resolver.add(&names, &loaded.key);
         if default.is_none() {
@@ -193,4 +188,65 @@ pub(super) fn listener(
         forward: forward.into(),
         certificates,
     })
+}
+
+/// A host name or `*.suffix` (lowercase expected by callers).
+fn is_host_pattern(n: &str) -> bool {
+    let bare = n.strip_prefix("*.").unwrap_or(n);
+    !bare.is_empty()
+        && bare
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+/// A plain listener's redirect to https, for the hosts the config knows:
+/// route hosts, the certificate names of TLS listeners, and `hosts`.
+pub(super) fn redirect(
+    c: &mut Checker<'_>,
+    p: &KeyPath,
+    raw: &RawRedirect,
+    routes: &[Route],
+    listeners: &[ListenerConfig],
+) -> Option<HttpsRedirect> {
+    if !matches!(raw.status, 301 | 308) {
+        c.error(
+            &p.key("status"),
+            format!("{} is not 308 or 301", raw.status),
+        );
+    }
+    if raw.port == 0 {
+        c.error(&p.key("port"), "must be a port number (1-65535)");
+    }
+    let mut names: Vec<String> = Vec::new();
+    for (i, h) in raw.hosts.iter().enumerate() {
+        let h = h.to_ascii_lowercase();
+        if !is_host_pattern(&h) {
+            c.error(
+                &p.key("hosts").index(i),
+                format!("{h:?} is not a host name or *.suffix"),
+            );
+        }
+        names.push(h);
+    }
+    for r in routes {
+        match &r.host {
+            HostMatch::Any => {}
+            HostMatch::Exact(h) => names.push(String::from_utf8_lossy(h).into_owned()),
+            HostMatch::Suffix(s) => names.push(format!("*{}", String::from_utf8_lossy(s))),
+        }
+    }
+    for t in listeners.iter().filter_map(|l| l.tls.as_ref()) {
+        for cert in &t.certificates {
+            names.extend(cert.names.iter().cloned());
+        }
+    }
+    let redirect = HttpsRedirect::new(raw.status, raw.port, names.iter().map(String::as_str));
+    if redirect.is_empty() {
+        c.error(
+            &p.key("hosts"),
+            "no host name to redirect: list them here, or give routes a host, or serve TLS certificates",
+        );
+        return None;
+    }
+    Some(redirect)
 }
