@@ -37,6 +37,7 @@ pub fn run(config_path: PathBuf, config: Config) -> Result<(), StartError> {
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])?;
     let logs = Arc::new(Logs::start(&config)?);
 
+    warn_unverified(&config);
     let (per_worker, addresses) = worker::bind_listeners(&config)?;
     for (l, address) in config.listeners.iter().zip(&addresses) {
         tracing::info!(listener = %l.name, %address, "listening");
@@ -332,6 +333,19 @@ fn spawn_list_watcher(
     Ok(())
 }
 
+/// Names, at every start and reload, each cluster whose upstream
+/// certificates are not verified.
+fn warn_unverified(config: &Config) {
+    for c in &config.clusters {
+        if c.tls.as_ref().is_some_and(|t| t.insecure) {
+            tracing::warn!(
+                cluster = %c.name,
+                "upstream TLS certificates are NOT verified (insecure_skip_verify = true): anyone on the network path can impersonate these upstreams"
+            );
+        }
+    }
+}
+
 fn stop(handles: Vec<WorkerHandle>) {
     for h in &handles {
         let _ = h.control.send_blocking(Control::Shutdown);
@@ -386,6 +400,7 @@ fn reload(path: &Path, handles: &[WorkerHandle], current: &mut Arc<Config>, logs
     for h in handles {
         let _ = h.control.send_blocking(Control::Reload(new.clone()));
     }
+    warn_unverified(&new);
     *current = new;
     tracing::info!(path = %path.display(), "config reloaded");
     logs.audit("config_reload", |l| {

@@ -133,12 +133,17 @@ pub struct ClusterConfig {
     pub max_fails: u32,
     pub fail_timeout: Duration,
     pub connect_attempts: u32,
+    /// TLS to the endpoints, when configured.
+    pub tls: Option<std::sync::Arc<crate::tls::client::UpstreamTls>>,
 }
 
 #[derive(Debug, Clone)]
 pub struct EndpointConfig {
     pub address: SocketAddr,
     pub weight: u32,
+    /// With cluster TLS: the SNI sent and the name verified (the
+    /// configured `server_name`, else the host as written).
+    pub server_name: Option<rustls::pki_types::ServerName<'static>>,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -499,6 +499,9 @@ pub struct RawCluster {
     pub fail_timeout: Duration,
     #[serde(default = "d::connect_attempts")]
     pub connect_attempts: u32,
+    /// TLS to the endpoints.
+    #[serde(default)]
+    pub tls: super::raw_tls::RawUpstreamTls,
 }
 
 #[derive(Debug, Deserialize)]

@@ -84,3 +84,65 @@ pub struct RawRedirect {
     #[serde(default)]
     pub hosts: Vec<String>,
 }
+
+/// A cluster's `tls`: `true` (verify against the system roots, SNI from
+/// the endpoint's host name) or a table.
+#[derive(Debug, Default)]
+pub struct RawUpstreamTls {
+    pub enabled: bool,
+    pub table: RawUpstreamTlsTable,
+}
+
+/// `[clusters.tls]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTlsTable {
+    /// SNI and the name the certificate must carry; by default each
+    /// endpoint's host name (or IP address).
+    pub server_name: Option<String>,
+    /// Trusted CAs (PEM bundle); the system's when absent.
+    pub ca_file: Option<String>,
+    /// A client certificate the gateway presents (mTLS to the upstream).
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    /// "1.2" (TLS 1.3 and 1.2) or "1.3".
+    #[serde(default = "d::tls_min_version")]
+    pub min_version: String,
+    /// Accept any certificate for any name. Never in production.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+impl<'de> Deserialize<'de> for RawUpstreamTls {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawUpstreamTls;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("true, false or a table")
+            }
+            fn visit_bool<E>(self, enabled: bool) -> Result<Self::Value, E> {
+                Ok(RawUpstreamTls {
+                    enabled,
+                    table: RawUpstreamTlsTable {
+                        min_version: d::tls_min_version(),
+                        ..RawUpstreamTlsTable::default()
+                    },
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let table = RawUpstreamTlsTable::deserialize(
+                    serde::de::value::MapAccessDeserializer::new(map),
+                )?;
+                Ok(RawUpstreamTls {
+                    enabled: true,
+                    table,
+                })
+            }
+        }
+        de.deserialize_any(Visitor)
+    }
+}

@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
 
 use super::diagnostic::{ConfigError, Diagnostic, KeyPath, Locator};
 use super::raw::{BalancerKind, RawCluster, RawConfig, RawEndpoint, RawRoute, RawWorkers};
@@ -243,7 +244,7 @@ fn build(c: &mut Checker<'_>, raw: RawConfig, dir: &std::path::Path) -> Config {
         .clusters
         .iter()
         .enumerate()
-        .map(|(i, rc)| cluster(c, &root.key("clusters").index(i), rc))
+        .map(|(i, rc)| cluster(c, &root.key("clusters").index(i), rc, dir, &mut tls_watched))
         .collect();
     let mut cluster_names = HashSet::new();
     for (i, cl) in clusters.iter().enumerate() {
@@ -413,10 +414,21 @@ fn parse_listen_addr(c: &mut Checker<'_>, path: &KeyPath, text: &str) -> Option<
     }
 }
 
-fn cluster(c: &mut Checker<'_>, p: &KeyPath, rc: &RawCluster) -> ClusterConfig {
+fn cluster(
+    c: &mut Checker<'_>,
+    p: &KeyPath,
+    rc: &RawCluster,
+    dir: &Path,
+    watched: &mut Vec<PathBuf>,
+) -> ClusterConfig {
     if rc.endpoints.is_empty() {
         c.error(&p.key("endpoints"), "a cluster needs at least one endpoint");
     }
+    let upstream_tls = rc
+        .tls
+        .enabled
+        .then(|| tls::upstream(c, &p.key("tls"), &rc.tls.table, dir, watched))
+        .flatten();
     let mut endpoints = Vec::new();
     for (i, e) in rc.endpoints.iter().enumerate() {
         let ep = p.key("endpoints").index(i);
@@ -429,10 +441,26 @@ fn cluster(c: &mut Checker<'_>, p: &KeyPath, rc: &RawCluster) -> ClusterConfig {
         }
         // Names are resolved once, at load; a reload re-resolves them.
         match text.to_socket_addrs().map(|mut a| a.next()) {
-            Ok(Some(address)) => endpoints.push(EndpointConfig {
-                address,
-                weight: weight.clamp(1, 1000),
-            }),
+            Ok(Some(address)) => {
+                let server_name = match &upstream_tls {
+                    Some(t) => match t.server_name.clone() {
+                        Some(name) => Some(name),
+                        None => {
+                            let name = crate::tls::client::endpoint_server_name(text);
+                            if name.is_none() {
+                                c.error(&ep, format!("{text:?}: its host is not a valid TLS server name; set tls.server_name"));
+                            }
+                            name
+                        }
+                    },
+                    None => None,
+                };
+                endpoints.push(EndpointConfig {
+                    address,
+                    weight: weight.clamp(1, 1000),
+                    server_name,
+                });
+            }
             Ok(None) | Err(_) => c.error(&ep, format!("{text:?} is not a resolvable host:port")),
         }
     }
@@ -480,6 +508,7 @@ fn cluster(c: &mut Checker<'_>, p: &KeyPath, rc: &RawCluster) -> ClusterConfig {
         max_fails: rc.max_fails,
         fail_timeout: rc.fail_timeout.0,
         connect_attempts: rc.connect_attempts.max(1),
+        tls: upstream_tls.map(std::sync::Arc::new),
     }
 }
 

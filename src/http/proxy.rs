@@ -119,6 +119,7 @@ pub async fn forward<S: Stream>(
                     ConnectError::Failed(_) => {
                         (GatewayError::BadGateway, UpstreamErrorKind::Connect)
                     }
+                    ConnectError::Tls(_) => (GatewayError::BadGateway, UpstreamErrorKind::Tls),
                 };
                 cluster.stats.error(kind);
                 last = err;

@@ -169,9 +169,12 @@ pub enum UpstreamErrorKind {
     Reset = 2,
     /// The upstream sent something that is not valid HTTP/1.1.
     Invalid = 3,
+    /// The TLS handshake failed (certificate not trusted or not for the
+    /// name, no common version, an alert).
+    Tls = 4,
 }
 
-const ERROR_KINDS: [&str; 4] = ["connect", "timeout", "reset", "invalid"];
+const ERROR_KINDS: [&str; 5] = ["connect", "timeout", "reset", "invalid", "tls"];
 
 /// Counters of one route on one worker. Kept across reloads by name.
 pub struct RouteStats {
@@ -291,7 +294,7 @@ pub struct ClusterStats {
     pub opened: Cell<u64>,
     pub reused: Cell<u64>,
     pub closed: Cell<u64>,
-    errors: [Cell<u64>; 4],
+    errors: [Cell<u64>; 5],
 }
 
 impl ClusterStats {
@@ -403,7 +406,7 @@ pub struct ClusterReport {
     pub opened: u64,
     pub reused: u64,
     pub closed: u64,
-    pub errors: [u64; 4],
+    pub errors: [u64; 5],
 }
 
 /// One endpoint's passive-health state on one worker.

@@ -8,6 +8,7 @@
 //! tickets are sealed with one process-wide rotating key, so a resumed
 //! connection works on whichever core it lands, and across reloads.
 
+pub mod client;
 pub mod stream;
 
 use std::collections::HashMap;

@@ -61,6 +61,17 @@ where
         &self.conn
     }
 
+    /// The underlying stream.
+    pub fn io(&self) -> &IO {
+        &self.io
+    }
+
+    /// No ciphertext waits in the buffer and rustls holds no plaintext:
+    /// everything the peer sent has been read.
+    pub fn is_drained(&self) -> bool {
+        self.rx_pos == self.rx.len() && !self.eof && self.conn.wants_read()
+    }
+
     /// Completes the handshake.
     ///
     /// # Errors

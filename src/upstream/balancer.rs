@@ -165,6 +165,7 @@ mod tests {
             .map(|(i, &w)| EndpointConfig {
                 address: format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
                 weight: w,
+                server_name: None,
             })
             .collect()
     }

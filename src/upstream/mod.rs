@@ -7,11 +7,11 @@
 //!   [`UpstreamConn`] (a connection and its read buffer).
 
 pub mod balancer;
+pub mod stream;
 
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
 use monoio::net::TcpStream;
@@ -20,6 +20,7 @@ use monoio::time::Instant;
 use crate::config::{ClusterConfig, Config, PoolConfig};
 use crate::observability::metrics::{ClusterStats, WorkerStats};
 pub use balancer::Balancer;
+pub use stream::UpstreamStream;
 
 /// Initial read buffer of an upstream connection: one response head plus the
 /// first body bytes usually fit.
@@ -27,7 +28,7 @@ const UPSTREAM_BUF: usize = 16 * 1024;
 
 /// A connection to an endpoint with the buffer its responses are read into.
 pub struct UpstreamConn {
-    pub stream: TcpStream,
+    pub stream: UpstreamStream,
     pub buf: Vec<u8>,
     /// Requests already sent on this connection.
     pub requests: u32,
@@ -45,6 +46,8 @@ impl Drop for UpstreamConn {
 /// One endpoint of a cluster, as seen by one worker.
 pub struct Endpoint {
     pub address: SocketAddr,
+    /// SNI and verified name, with cluster TLS.
+    server_name: Option<rustls::pki_types::ServerName<'static>>,
     /// Idle keep-alive connections, most recently used last (LIFO keeps the
     /// warmest connection busy and lets the rest time out).
     idle: RefCell<Vec<UpstreamConn>>,
@@ -78,9 +81,13 @@ pub enum ConnectError {
     /// 502: refused, reset, unreachable.
     #[error("connect failed: {0}")]
     Failed(io::Error),
-    /// 504: `timeouts.upstream_connect` passed.
+    /// 504: `timeouts.upstream_connect` passed (TCP and TLS handshake).
     #[error("connect timed out")]
     TimedOut,
+    /// 502: the TLS handshake failed (an untrusted or misnamed
+    /// certificate, no common protocol version, an alert).
+    #[error("TLS handshake failed: {0}")]
+    Tls(io::Error),
 }
 
 impl Upstreams {
@@ -99,6 +106,7 @@ impl Upstreams {
                         .iter()
                         .map(|e| Endpoint {
                             address: e.address,
+                            server_name: e.server_name.clone(),
                             idle: RefCell::new(Vec::new()),
                             in_flight: Cell::new(0),
                             fails: Cell::new(0),
@@ -150,7 +158,7 @@ impl Endpoint {
                 idle.clear();
                 return None;
             }
-            if verify && !crate::sys::socket_is_quiet(conn.stream.as_raw_fd()) {
+            if verify && !crate::sys::socket_is_quiet(conn.stream.fd()) {
                 continue;
             }
             self.stats.reused.set(self.stats.reused.get() + 1);
@@ -169,11 +177,9 @@ impl Endpoint {
         cluster: &ClusterConfig,
         timeout: std::time::Duration,
     ) -> Result<UpstreamConn, ConnectError> {
-        let result = monoio::time::timeout(timeout, TcpStream::connect_addr(self.address)).await;
+        let result = monoio::time::timeout(timeout, self.open(cluster)).await;
         let outcome = match result {
             Ok(Ok(stream)) => {
-                // Small request and response heads must not wait for Nagle.
-                let _ = stream.set_nodelay(true);
                 self.stats.opened.set(self.stats.opened.get() + 1);
                 Ok(UpstreamConn {
                     stream,
@@ -183,7 +189,7 @@ impl Endpoint {
                     stats: self.stats.clone(),
                 })
             }
-            Ok(Err(e)) => Err(ConnectError::Failed(e)),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(ConnectError::TimedOut),
         };
         match &outcome {
@@ -203,9 +209,26 @@ impl Endpoint {
         outcome
     }
 
+    /// TCP connect, then the TLS handshake when the cluster has TLS.
+    async fn open(&self, cluster: &ClusterConfig) -> Result<UpstreamStream, ConnectError> {
+        let stream = TcpStream::connect_addr(self.address)
+            .await
+            .map_err(ConnectError::Failed)?;
+        // Small request and response heads must not wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        let (Some(tls), Some(name)) = (&cluster.tls, &self.server_name) else {
+            return Ok(UpstreamStream::Plain(stream));
+        };
+        let session = rustls::ClientConnection::new(tls.client.clone(), name.clone())
+            .map_err(|e| ConnectError::Tls(io::Error::other(e)))?;
+        let mut tls = Box::new(crate::tls::TlsStream::new(stream, session));
+        tls.handshake().await.map_err(ConnectError::Tls)?;
+        Ok(UpstreamStream::Tls(tls))
+    }
+
     /// Returns a connection after a complete exchange that allows reuse.
     pub fn release(&self, mut conn: UpstreamConn, pool: &PoolConfig) {
-        if conn.requests >= pool.max_requests || !conn.buf.is_empty() {
+        if conn.requests >= pool.max_requests || !conn.buf.is_empty() || !conn.stream.is_drained() {
             return;
         }
         let mut idle = self.idle.borrow_mut();

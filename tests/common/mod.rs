@@ -382,6 +382,19 @@ impl Upstream {
     }
 
     pub fn with(handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> Upstream {
+        Self::serving(handler, |stream, id, st| {
+            stream.set_nodelay(true).unwrap();
+            serve_http(stream, id, st);
+        })
+    }
+
+    /// An upstream whose accepted connections are served by `serve` (a
+    /// TLS handshake first, say, then [`serve_http`]).
+    fn serving(
+        handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+        serve: impl Fn(TcpStream, usize, &UpState) + Send + Sync + 'static,
+    ) -> Upstream {
+        let serve = Arc::new(serve);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(UpState {
@@ -397,9 +410,9 @@ impl Upstream {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
                 let id = st.connections.fetch_add(1, Ordering::SeqCst) + 1;
-                let st = st.clone();
+                let (st, serve) = (st.clone(), serve.clone());
                 std::thread::spawn(move || {
-                    serve_upstream(stream, id, &st);
+                    serve(stream, id, &st);
                     *st.closed.lock().unwrap() += 1;
                     st.closed_cv.notify_all();
                 });
@@ -466,10 +479,9 @@ impl Upstream {
     }
 }
 
-fn serve_upstream(stream: TcpStream, conn: usize, st: &UpState) {
-    stream.set_nodelay(true).unwrap();
-    let mut reader = BufReader::with_capacity(64 * 1024, stream.try_clone().unwrap());
-    let mut out = stream;
+/// Serves HTTP/1.1 requests on one connection until it closes.
+fn serve_http<S: Read + Write>(stream: S, conn: usize, st: &UpState) {
+    let mut reader = BufReader::with_capacity(64 * 1024, stream);
     loop {
         let Some(mut rec) = read_request(&mut reader) else {
             return;
@@ -478,7 +490,7 @@ fn serve_upstream(stream: TcpStream, conn: usize, st: &UpState) {
         let reply = (st.handler)(&rec);
         st.requests.lock().unwrap().push(rec);
         st.arrived.notify_all();
-        if !write_reply(&mut out, reply) {
+        if !write_reply(reader.get_mut(), reply) {
             return;
         }
     }
@@ -599,7 +611,7 @@ pub fn pattern(offset: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn write_reply(out: &mut TcpStream, reply: Reply) -> bool {
+fn write_reply<S: Read + Write>(out: &mut S, reply: Reply) -> bool {
     match reply {
         Reply::Fixed {
             status,

@@ -1,10 +1,11 @@
 //! Test certificates (generated per test with rcgen: a CA, server and
-//! client certificates) and a blocking rustls client.
+//! client certificates), a blocking rustls client, and a TLS test
+//! upstream.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rcgen::{
@@ -255,4 +256,76 @@ pub fn head_field<'h>(head: &'h str, name: &str) -> Option<&'h str> {
         let (n, v) = l.split_once(':')?;
         n.eq_ignore_ascii_case(name).then(|| v.trim())
     })
+}
+
+/// What a TLS test upstream saw in one completed handshake.
+#[derive(Debug, Clone)]
+pub struct Handshake {
+    pub sni: Option<String>,
+    pub client_cert: Option<CertificateDer<'static>>,
+}
+
+/// The recording test upstream behind a rustls server.
+pub struct TlsUpstream {
+    pub http: super::Upstream,
+    handshakes: Arc<Mutex<Vec<Handshake>>>,
+}
+
+impl TlsUpstream {
+    /// Serves `issued`; with `clients`, requires a client certificate
+    /// issued by that CA.
+    pub fn new(
+        issued: &Issued,
+        clients: Option<&Pki>,
+        handler: impl Fn(&super::Recorded) -> super::Reply + Send + Sync + 'static,
+    ) -> TlsUpstream {
+        use rustls::pki_types::pem::PemObject;
+        let chain = CertificateDer::pem_file_iter(&issued.cert)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(&issued.key).unwrap();
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = match clients {
+            Some(pki) => {
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add(pki.ca_der()).unwrap();
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider(),
+                )
+                .build()
+                .unwrap();
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let config = Arc::new(builder.with_single_cert(chain, key).unwrap());
+        let handshakes = Arc::new(Mutex::new(Vec::new()));
+        let seen = handshakes.clone();
+        let http = super::Upstream::serving(handler, move |mut tcp, id, st| {
+            tcp.set_nodelay(true).unwrap();
+            let mut conn = rustls::ServerConnection::new(config.clone()).unwrap();
+            while conn.is_handshaking() {
+                if conn.complete_io(&mut tcp).is_err() {
+                    return;
+                }
+            }
+            seen.lock().unwrap().push(Handshake {
+                sni: conn.server_name().map(str::to_owned),
+                client_cert: conn
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| c.clone().into_owned()),
+            });
+            super::serve_http(rustls::StreamOwned::new(conn, tcp), id, st);
+        });
+        TlsUpstream { http, handshakes }
+    }
+
+    pub fn handshakes(&self) -> Vec<Handshake> {
+        self.handshakes.lock().unwrap().clone()
+    }
 }

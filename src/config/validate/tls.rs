@@ -4,12 +4,15 @@
 
 use std::path::{Path, PathBuf};
 
+use rustls::pki_types::ServerName;
+
 use super::{is_token, Checker};
 use crate::config::diagnostic::KeyPath;
-use crate::config::raw_tls::{RawRedirect, RawTls};
+use crate::config::raw_tls::{RawRedirect, RawTls, RawUpstreamTlsTable};
 use crate::config::ListenerConfig;
 use crate::routing::redirect::HttpsRedirect;
 use crate::routing::{HostMatch, Route};
+use crate::tls::client::{client_config, system_roots, Trust, UpstreamTls};
 use crate::tls::{
     load_cert, load_roots, server_config, CertField, ClientAuth, SniResolver, TlsListener,
     UnknownSni,
@@ -249,4 +252,101 @@ pub(super) fn redirect(
         return None;
     }
     Some(redirect)
+}
+
+/// A cluster's TLS to its endpoints. Files are read here, so a bad one
+/// refuses the config (or the reload) like a listener's.
+pub(super) fn upstream(
+    c: &mut Checker<'_>,
+    p: &KeyPath,
+    raw: &RawUpstreamTlsTable,
+    dir: &Path,
+    watched: &mut Vec<PathBuf>,
+) -> Option<UpstreamTls> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let tls13_only = match raw.min_version.as_str() {
+        "1.2" => false,
+        "1.3" => true,
+        other => {
+            c.error(
+                &p.key("min_version"),
+                format!("{other:?} is not \"1.2\" or \"1.3\""),
+            );
+            false
+        }
+    };
+    let server_name = raw.server_name.as_ref().and_then(|n| {
+        ServerName::try_from(n.to_ascii_lowercase())
+            .map_err(|_| {
+                c.error(
+                    &p.key("server_name"),
+                    format!("{n:?} is not a DNS name or IP address"),
+                )
+            })
+            .ok()
+    });
+    let trust = match (&raw.ca_file, raw.insecure_skip_verify) {
+        (Some(_), true) => {
+            c.error(
+                &p.key("insecure_skip_verify"),
+                "verification is off, so ca_file would never be used; remove one of them",
+            );
+            return None;
+        }
+        (None, true) => Trust::Anyone,
+        (Some(f), false) => {
+            let path = dir.join(f);
+            watched.push(path.clone());
+            match load_roots(&path) {
+                Ok(r) => Trust::Roots(r),
+                Err(e) => {
+                    c.error(&p.key("ca_file"), e);
+                    return None;
+                }
+            }
+        }
+        (None, false) => match system_roots() {
+            Ok(r) => Trust::Roots(r),
+            Err(e) => {
+                c.error(&p.key("ca_file"), e);
+                return None;
+            }
+        },
+    };
+    let identity = match (&raw.cert_file, &raw.key_file) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => {
+            let (cp, kp) = (dir.join(cert), dir.join(key));
+            watched.push(cp.clone());
+            watched.push(kp.clone());
+            match load_cert(&cp, &kp, cert, now) {
+                Ok(l) => Some(l.key),
+                Err(e) => {
+                    c.error(&p.key("cert_file"), e);
+                    return None;
+                }
+            }
+        }
+        (Some(_), None) => {
+            c.error(&p.key("key_file"), "cert_file needs its key_file");
+            return None;
+        }
+        (None, Some(_)) => {
+            c.error(&p.key("cert_file"), "key_file needs its cert_file");
+            return None;
+        }
+    };
+    match client_config(trust, identity, tls13_only) {
+        Ok(config) => Some(UpstreamTls {
+            client: std::sync::Arc::new(config),
+            server_name,
+            insecure: raw.insecure_skip_verify,
+        }),
+        Err(e) => {
+            c.error(p, e);
+            None
+        }
+    }
 }

@@ -1,0 +1,84 @@
+//! An upstream connection's byte stream: plain TCP, or TLS over it.
+//!
+//! One enum rather than a type parameter: the proxy code is compiled once
+//! for both, and the plain case costs one predictable branch per I/O call.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+
+use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
+use monoio::net::TcpStream;
+use monoio::BufResult;
+
+use crate::tls::TlsStream;
+
+pub enum UpstreamStream {
+    Plain(TcpStream),
+    /// Boxed: the TLS session is large, and the pool moves connections.
+    Tls(Box<TlsStream<TcpStream, rustls::ClientConnection>>),
+}
+
+impl UpstreamStream {
+    pub fn fd(&self) -> RawFd {
+        match self {
+            UpstreamStream::Plain(s) => s.as_raw_fd(),
+            UpstreamStream::Tls(t) => t.io().as_raw_fd(),
+        }
+    }
+
+    /// Nothing received and not yet read: no buffered ciphertext or
+    /// plaintext that a pooled connection would hand to the next request.
+    pub fn is_drained(&self) -> bool {
+        match self {
+            UpstreamStream::Plain(_) => true,
+            UpstreamStream::Tls(t) => t.is_drained(),
+        }
+    }
+}
+
+impl AsyncReadRent for UpstreamStream {
+    async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            UpstreamStream::Plain(s) => s.read(buf).await,
+            UpstreamStream::Tls(t) => t.read(buf).await,
+        }
+    }
+
+    async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            UpstreamStream::Plain(s) => s.readv(buf).await,
+            UpstreamStream::Tls(t) => t.readv(buf).await,
+        }
+    }
+}
+
+impl AsyncWriteRent for UpstreamStream {
+    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            UpstreamStream::Plain(s) => s.write(buf).await,
+            UpstreamStream::Tls(t) => t.write(buf).await,
+        }
+    }
+
+    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            UpstreamStream::Plain(s) => s.writev(buf).await,
+            UpstreamStream::Tls(t) => t.writev(buf).await,
+        }
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        match self {
+            UpstreamStream::Plain(s) => s.flush().await,
+            UpstreamStream::Tls(t) => t.flush().await,
+        }
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        match self {
+            UpstreamStream::Plain(s) => s.shutdown().await,
+            UpstreamStream::Tls(t) => t.shutdown().await,
+        }
+    }
+}
