@@ -399,3 +399,102 @@ fn a_redirect_listener_sends_known_hosts_to_https_only() {
     assert_eq!(t.get("/", "api.test").unwrap().0, 200);
     assert_eq!(up.request_count(), 1, "redirects never reach the upstream");
 }
+
+#[test]
+fn a_proxy_protocol_header_may_precede_the_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "server");
+    let up = Upstream::named("ok");
+    let text = tls_config(&pki, &up, "").replace(
+        "name = \"public\"\naddress = \"127.0.0.1:0\"\n",
+        "name = \"public\"\naddress = \"127.0.0.1:0\"\nproxy_protocol = true\n",
+    );
+    let gw = Gateway::start(&text);
+    let any = || client_config(&any_server());
+    let header = b"PROXY TCP4 203.0.113.7 127.0.0.1 51000 443\r\n";
+    let mut c = TlsClient::connect_after(gw.main(), header, "api.test", any()).unwrap();
+    assert_eq!(c.get("/", "api.test").unwrap().0, 200);
+    let seen = up.wait_requests(1);
+    assert_eq!(seen[0].header("x-forwarded-for"), Some("203.0.113.7"));
+    // Without the header the ClientHello is not a PROXY header: closed.
+    assert!(TlsClient::connect(gw.main(), "api.test", any()).is_err());
+    assert_eq!(up.request_count(), 1);
+}
+
+/// Runs curl against the gateway; returns its exit code and output.
+fn curl(args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "20", "-D", "-"])
+        .args(args)
+        .output()
+        .expect("curl runs (.ci/run installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn curl_speaks_tls13_tls12_and_mutual_tls_with_the_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "server");
+    let clients = Pki::new(dir.path(), "clients");
+    let alice = clients.issue("alice", &["alice.clients.test"]);
+    let up = Upstream::named("ok");
+    let gw = Gateway::start(&tls_config(
+        &pki,
+        &up,
+        &format!(
+            "client_auth = \"optional\"\nclient_ca_file = \"{}\"\nforward_client_cert = {{ \"x-client-subject\" = \"subject\" }}\n",
+            clients.ca_file("clients").display()
+        ),
+    ));
+    let port = gw.main().port();
+    let resolve = format!("api.test:{port}:127.0.0.1");
+    let url = format!("https://api.test:{port}/");
+    let ca = pki.ca_file("server");
+    let ca = ca.to_str().unwrap();
+    let base = ["--cacert", ca, "--resolve", &resolve];
+
+    for version in [&["--tlsv1.3"][..], &["--tlsv1.2", "--tls-max", "1.2"]] {
+        let args: Vec<&str> = base
+            .iter()
+            .chain(version)
+            .chain([&url.as_str()])
+            .copied()
+            .collect();
+        let (code, out) = curl(&args);
+        assert_eq!(code, 0, "{version:?}: {out}");
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        assert!(
+            out.to_ascii_lowercase()
+                .contains("strict-transport-security: max-age="),
+            "{out}"
+        );
+        assert!(out.ends_with("ok"), "{out}");
+    }
+    // A client certificate: its subject reaches the upstream.
+    let (cert, key) = (alice.cert.to_str().unwrap(), alice.key.to_str().unwrap());
+    let args: Vec<&str> = base
+        .iter()
+        .copied()
+        .chain(["--cert", cert, "--key", key, &url])
+        .collect();
+    let (code, out) = curl(&args);
+    assert_eq!(code, 0, "{out}");
+    let seen = up.wait_requests(3);
+    assert_eq!(seen[0].header("x-client-subject"), None);
+    assert_eq!(
+        seen[2].header("x-client-subject"),
+        Some("CN=alice.clients.test")
+    );
+    // curl trusting another CA refuses the gateway's certificate.
+    let other = clients.ca_file("clients");
+    let (code, _) = curl(&[
+        "--cacert",
+        other.to_str().unwrap(),
+        "--resolve",
+        &resolve,
+        &url,
+    ]);
+    assert_eq!(code, 60, "certificate problem");
+    assert_eq!(up.request_count(), 3);
+}

@@ -212,12 +212,6 @@ fn build(c: &mut Checker<'_>, raw: RawConfig, dir: &std::path::Path) -> Config {
             .tls
             .as_ref()
             .and_then(|t| tls::listener(c, &p.key("tls"), t, dir, &mut tls_watched));
-        if l.tls.is_some() && l.proxy_protocol {
-            c.error(
-                &p.key("proxy_protocol"),
-                "PROXY protocol in front of TLS is not supported yet",
-            );
-        }
         if l.tls.is_some() && l.redirect_https.is_some() {
             c.error(
                 &p.key("redirect_https"),

@@ -264,26 +264,17 @@ pub async fn serve<S: Stream>(
 /// Reads the PROXY protocol header and takes its source as the peer.
 /// Returns `false` when the connection must close.
 async fn read_proxy_header<S: Stream>(d: &mut Downstream<S>, until: Instant) -> bool {
-    use crate::security::proxy_protocol::{parse, Parsed};
-    loop {
-        match parse(&d.rbuf[d.start..]) {
-            Ok(Parsed::Complete { len, source }) => {
-                d.start += len;
-                if let Some(source) = source {
-                    d.peer = source;
-                }
-                return true;
+    match crate::security::proxy_protocol::read_header(&mut d.stream, &mut d.rbuf, until).await {
+        Some((len, source)) => {
+            d.start += len;
+            if let Some(source) = source {
+                d.peer = source;
             }
-            Ok(Parsed::Partial) => {}
-            Err(_) => {
-                tracing::debug!(peer = %d.peer, "invalid PROXY protocol header; closing");
-                return false;
-            }
+            true
         }
-        let wait = until.saturating_duration_since(Instant::now());
-        match monoio::time::timeout(wait, read_into(&mut d.stream, &mut d.rbuf)).await {
-            Ok(Ok(n)) if n > 0 => {}
-            _ => return false,
+        None => {
+            tracing::debug!(peer = %d.peer, "invalid or missing PROXY protocol header; closing");
+            false
         }
     }
 }

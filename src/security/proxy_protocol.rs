@@ -30,6 +30,29 @@ pub enum Parsed {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Invalid;
 
+/// Reads a PROXY header at the start of a connection into `buf`, by
+/// `until`. Returns the header's length (the bytes after it stay in
+/// `buf`) and the client address it names, or `None` when the connection
+/// must close: malformed, closed, or too slow.
+pub async fn read_header<S: crate::http::io::Stream>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    until: monoio::time::Instant,
+) -> Option<(usize, Option<SocketAddr>)> {
+    loop {
+        match parse(buf) {
+            Ok(Parsed::Complete { len, source }) => return Some((len, source)),
+            Ok(Parsed::Partial) => {}
+            Err(Invalid) => return None,
+        }
+        let wait = until.saturating_duration_since(monoio::time::Instant::now());
+        match monoio::time::timeout(wait, crate::http::io::read_into(stream, buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return None,
+        }
+    }
+}
+
 /// Parses a PROXY header at the start of `buf`.
 ///
 /// # Errors

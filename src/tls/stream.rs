@@ -22,7 +22,7 @@ use rustls::{ConnectionCommon, SideData};
 use crate::sys;
 
 /// Ciphertext read per socket read.
-const READ_CHUNK: usize = 16 * 1024 + 512;
+pub const READ_CHUNK: usize = 16 * 1024 + 512;
 
 pub struct TlsStream<IO, C> {
     io: IO,
@@ -46,10 +46,16 @@ where
     SD: SideData,
 {
     pub fn new(io: IO, conn: C) -> Self {
+        Self::with_received(io, conn, Vec::with_capacity(READ_CHUNK))
+    }
+
+    /// A stream whose first ciphertext bytes were already read from `io`
+    /// (behind a PROXY protocol header, say).
+    pub fn with_received(io: IO, conn: C, received: Vec<u8>) -> Self {
         TlsStream {
             io,
             conn,
-            rx: Vec::with_capacity(READ_CHUNK),
+            rx: received,
             rx_pos: 0,
             tx: Vec::new(),
             eof: false,

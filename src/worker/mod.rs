@@ -528,22 +528,36 @@ async fn flush_logs(ctx: Rc<WorkerCtx>) {
     }
 }
 
-/// Completes a TLS handshake within the listener's timeout, then serves
-/// the connection; a failed or slow handshake closes it (counted).
+/// Completes a TLS handshake within the listener's timeout (a PROXY
+/// protocol header first, when the listener expects one), then serves the
+/// connection; a failed or slow handshake closes it (counted).
 async fn serve_tls(
     ctx: &Rc<WorkerCtx>,
-    stream: monoio::net::TcpStream,
-    peer: std::net::SocketAddr,
+    mut stream: monoio::net::TcpStream,
+    mut peer: std::net::SocketAddr,
     index: usize,
     accepted_at: Instant,
+    proxy_protocol: bool,
     tls: Arc<crate::tls::TlsListener>,
 ) {
     let session = match rustls::ServerConnection::new(tls.server.clone()) {
         Ok(s) => s,
         Err(_) => return,
     };
-    let mut stream = crate::tls::TlsStream::new(stream, session);
-    let done = monoio::time::timeout(tls.handshake_timeout, stream.handshake()).await;
+    let deadline = accepted_at + tls.handshake_timeout;
+    let mut received = Vec::with_capacity(crate::tls::stream::READ_CHUNK);
+    if proxy_protocol {
+        use crate::security::proxy_protocol::read_header;
+        let Some((len, source)) = read_header(&mut stream, &mut received, deadline).await else {
+            ctx.tls_failures.set(ctx.tls_failures.get() + 1);
+            return;
+        };
+        received.drain(..len);
+        peer = source.unwrap_or(peer);
+    }
+    let mut stream = crate::tls::TlsStream::with_received(stream, session, received);
+    let wait = deadline.saturating_duration_since(Instant::now());
+    let done = monoio::time::timeout(wait, stream.handshake()).await;
     if !matches!(done, Ok(Ok(()))) {
         ctx.tls_failures.set(ctx.tls_failures.get() + 1);
         return;
@@ -617,7 +631,10 @@ async fn accept_loop(
                             )
                             .await;
                         }
-                        Some(tls) => serve_tls(&ctx, stream, peer, index, accepted_at, tls).await,
+                        Some(tls) => {
+                            serve_tls(&ctx, stream, peer, index, accepted_at, proxy_protocol, tls)
+                                .await
+                        }
                     }
                     slots.release();
                     ctx.conns.release();

@@ -195,8 +195,19 @@ impl TlsClient {
         sni: &str,
         config: Arc<rustls::ClientConfig>,
     ) -> Result<TlsClient, std::io::Error> {
-        let tcp = TcpStream::connect(addr)?;
+        Self::connect_after(addr, b"", sni, config)
+    }
+
+    /// Sends `prefix` (a PROXY protocol header, say), then connects.
+    pub fn connect_after(
+        addr: SocketAddr,
+        prefix: &[u8],
+        sni: &str,
+        config: Arc<rustls::ClientConfig>,
+    ) -> Result<TlsClient, std::io::Error> {
+        let mut tcp = TcpStream::connect(addr)?;
         tcp.set_read_timeout(Some(Duration::from_secs(20)))?;
+        tcp.write_all(prefix)?;
         let name = ServerName::try_from(sni.to_string()).unwrap();
         let conn = rustls::ClientConnection::new(config, name).unwrap();
         let mut tls = rustls::StreamOwned::new(conn, tcp);
