@@ -6,6 +6,7 @@
 #                   [--scenarios "small 16k 1m post64k newconn"] [--no-latency] [--no-idle]
 #                   [--observability] [--baseline PATH-TO-RINGGATE-BINARY]
 #                   [--ip-list N] [--rate-limit] [--jwt RS256|ES256] [--tls]
+#                   [--upstream-tls]
 #
 # --observability adds the target ringgate-obs: the same build with the
 # access log on (to a file) besides the always-on metrics. --baseline adds
@@ -21,7 +22,11 @@
 # (peers included) terminate TLS 1.3 with one ECDSA P-256 certificate made
 # for the run, and runs the scenarios "tls" (small GETs over keep-alive
 # TLS connections) and "tlsnew" (a new TLS connection, full handshake, per
-# request); the origin stays plain HTTP.
+# request); the origin stays plain HTTP. --upstream-tls instead makes the
+# origin serve TLS 1.3 and every target connect to it over TLS, verifying
+# its certificate (a CA and a leaf for bench.test made for the run) from a
+# keep-alive pool, and runs "upsmall" and "up16k" (plain clients, small and
+# 16 KiB GETs, TLS between proxy and origin).
 #
 # Layout (2 cores): every proxy runs ONE worker pinned to core 0; the origin
 # (nginx serving fixed bodies) and the load generator (wrk) are pinned to
@@ -62,6 +67,7 @@ IP_LIST=0
 RATE_LIMIT=0
 JWT_ALG=""
 TLS=0
+UPSTREAM_TLS=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --observability) EXTRA="$EXTRA ringgate-obs"; shift ;;
@@ -69,6 +75,7 @@ while [ $# -gt 0 ]; do
     --rate-limit) RATE_LIMIT=1; shift ;;
     --jwt) JWT_ALG=$2; shift 2 ;;
     --tls) TLS=1; shift ;;
+    --upstream-tls) UPSTREAM_TLS=1; shift ;;
     --baseline) BASELINE=$(realpath "$2"); EXTRA="$EXTRA ringgate-base"; shift 2 ;;
     --no-latency) LATENCY=0; shift ;;
     --no-idle) IDLE=0; shift ;;
@@ -245,12 +252,29 @@ for i in range($IP_LIST):
     print(f'{n >> 24}.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}')" > "$WORK/deny.txt"
   printf '[security.ip_filter]\ndeny_files = ["%s"]\n' "$WORK/deny.txt" >> "$WORK/ringgate.toml"
 fi
-if [ "$TLS" = 1 ]; then
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-    -subj /CN=bench.test -addext subjectAltName=DNS:bench.test \
-    -keyout "$WORK/tls.key" -out "$WORK/tls.crt" 2>/dev/null
+if [ "$TLS" = 1 ] || [ "$UPSTREAM_TLS" = 1 ]; then
+  # A CA and an ECDSA P-256 leaf for bench.test (a verifying client refuses
+  # a self-signed CA certificate as the server's own).
+  ec="-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+  openssl req -x509 $ec -days 2 -subj /CN=bench-ca -keyout "$WORK/ca.key" -out "$WORK/ca.crt" 2>/dev/null
+  openssl req $ec -subj /CN=bench.test -keyout "$WORK/tls.key" -out "$WORK/tls.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:bench.test\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > "$WORK/leaf.ext"
+  openssl x509 -req -in "$WORK/tls.csr" -CA "$WORK/ca.crt" -CAkey "$WORK/ca.key" -CAcreateserial \
+    -days 2 -extfile "$WORK/leaf.ext" -out "$WORK/tls.crt" 2>/dev/null
   cat "$WORK/tls.crt" "$WORK/tls.key" > "$WORK/tls.pem"
-  chmod a+r "$WORK"/tls.*
+  chmod a+r "$WORK"/tls.* "$WORK/ca.crt"
+fi
+if [ "$UPSTREAM_TLS" = 1 ]; then
+  sed -i -e "s|listen 127.0.0.1:$ORIGIN backlog=4096;|listen 127.0.0.1:$ORIGIN ssl backlog=4096;\n    ssl_certificate $WORK/tls.crt;\n    ssl_certificate_key $WORK/tls.key;\n    ssl_protocols TLSv1.3;|" "$WORK/origin.conf"
+  sed -i -e "s|proxy_pass http://origin;|proxy_pass https://origin;\n      proxy_ssl_verify on;\n      proxy_ssl_trusted_certificate $WORK/ca.crt;\n      proxy_ssl_name bench.test;\n      proxy_ssl_server_name on;\n      proxy_ssl_session_reuse on;\n      proxy_ssl_protocols TLSv1.3;|" "$WORK/nginx.conf"
+  sed -i -e "s|server o 127.0.0.1:$ORIGIN maxconn 1000|server o 127.0.0.1:$ORIGIN maxconn 1000 ssl verify required ca-file $WORK/ca.crt sni str(bench.test) verifyhost bench.test ssl-min-ver TLSv1.3|" "$WORK/haproxy.cfg"
+  for f in "$WORK/ringgate.toml" "$WORK/ringgate-base.toml"; do
+    sed -i -e "s|^endpoints = \[\"127.0.0.1:$ORIGIN\"\]|&\ntls = { server_name = \"bench.test\", ca_file = \"$WORK/ca.crt\", min_version = \"1.3\" }|" "$f"
+  done
+  SCENARIOS="upsmall up16k"
+  LATENCY=0; IDLE=0
+fi
+if [ "$TLS" = 1 ]; then
   sed -i -e "s|listen 127.0.0.1:$P_NGINX backlog=4096;|listen 127.0.0.1:$P_NGINX ssl backlog=4096;\n    ssl_certificate $WORK/tls.crt;\n    ssl_certificate_key $WORK/tls.key;\n    ssl_protocols TLSv1.3;\n    ssl_session_cache shared:SSL:10m;|" "$WORK/nginx.conf"
   sed -i -e "s|bind 127.0.0.1:$P_HAPROXY|bind 127.0.0.1:$P_HAPROXY ssl crt $WORK/tls.pem ssl-min-ver TLSv1.3 alpn http/1.1|" "$WORK/haproxy.cfg"
   for f in "$WORK/ringgate.toml" "$WORK/ringgate-base.toml"; do
@@ -326,6 +350,8 @@ wrk_args() {
     jwt) echo "-s $WORK/jwt.lua /small" ;;
     tls) echo "/small" ;;
     tlsnew) echo "-s $WORK/close.lua /small" ;;
+    upsmall) echo "/small" ;;
+    up16k) echo "/16k" ;;
   esac
 }
 
