@@ -124,12 +124,14 @@ pub fn run(config_path: PathBuf, config: Config) -> Result<(), StartError> {
         }
     }
     drop(store);
+    // Watched files are stamped before "ready": a change made once the
+    // gateway is ready is always seen as a change.
+    let watch = Arc::new(std::sync::Mutex::new(watch_list(&config)));
+    spawn_list_watcher(watch.clone())?;
     // Readiness first: whoever acts on the log line must find /readyz ready.
     state.ready.store(true, Ordering::Release);
     tracing::info!(workers = handles.len(), driver, "ready");
 
-    let watch = Arc::new(std::sync::Mutex::new(watch_list(&config)));
-    spawn_list_watcher(watch.clone())?;
     let mut current = config;
     for signal in signals.forever() {
         match signal {
@@ -294,9 +296,11 @@ fn watch_list(config: &Config) -> (Vec<std::path::PathBuf>, std::time::Duration)
     )
 }
 
-/// Checks the IP list files for changes (size or modification time) and
-/// reloads the whole config through SIGHUP when one changed, so a list
-/// change is validated, logged and audited like any reload.
+/// Checks the watched files (IP lists, certificates, CA bundles) for
+/// changes (size or modification time) and reloads the whole config
+/// through SIGHUP when one changed, so a change is validated, logged and
+/// audited like any reload. The first stamps are taken before this
+/// returns.
 fn spawn_list_watcher(
     watch: Arc<std::sync::Mutex<(Vec<std::path::PathBuf>, std::time::Duration)>>,
 ) -> std::io::Result<()> {
@@ -306,28 +310,31 @@ fn spawn_list_watcher(
             .ok()
             .and_then(|m| Some((m.modified().ok()?, m.len())))
     };
+    let stamps = move |files: &[std::path::PathBuf]| -> Vec<(std::path::PathBuf, Stamp)> {
+        files.iter().map(|f| (f.clone(), stamp(f))).collect()
+    };
+    let mut seen = match watch.lock() {
+        Ok(w) => stamps(&w.0),
+        Err(_) => Vec::new(),
+    };
     std::thread::Builder::new()
         .name("ringgate-watch".into())
-        .spawn(move || {
-            let mut seen: Vec<(std::path::PathBuf, Stamp)> = Vec::new();
-            loop {
-                let (files, interval) = match watch.lock() {
-                    Ok(w) => w.clone(),
-                    Err(_) => return,
-                };
-                let now: Vec<(std::path::PathBuf, Stamp)> =
-                    files.iter().map(|f| (f.clone(), stamp(f))).collect();
-                let changed = now
-                    .iter()
-                    .any(|(f, s)| seen.iter().any(|(g, old)| g == f && old != s));
-                seen = now;
-                if changed {
-                    tracing::info!(
-                        "a watched file (IP list, certificate) changed; reloading the config"
-                    );
-                    let _ = signal_hook::low_level::raise(SIGHUP);
-                }
-                std::thread::sleep(interval);
+        .spawn(move || loop {
+            let (files, interval) = match watch.lock() {
+                Ok(w) => w.clone(),
+                Err(_) => return,
+            };
+            std::thread::sleep(interval);
+            let now = stamps(&files);
+            let changed = now
+                .iter()
+                .any(|(f, s)| seen.iter().any(|(g, old)| g == f && old != s));
+            seen = now;
+            if changed {
+                tracing::info!(
+                    "a watched file (IP list, certificate) changed; reloading the config"
+                );
+                let _ = signal_hook::low_level::raise(SIGHUP);
             }
         })?;
     Ok(())
