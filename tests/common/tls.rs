@@ -56,10 +56,38 @@ impl Pki {
         self.issue_with(stem, sans, |_| {})
     }
 
+    /// A certificate for a 2048-bit RSA key (made by openssl: the test
+    /// crypto backend signs with RSA keys but does not generate them).
+    pub fn issue_rsa(&self, stem: &str, sans: &[&str]) -> Issued {
+        let out = std::process::Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+            ])
+            .output()
+            .expect("openssl runs (.ci/run installs it)");
+        assert!(out.status.success(), "openssl genpkey failed");
+        let key = KeyPair::from_pem(&String::from_utf8(out.stdout).unwrap()).unwrap();
+        self.issue_signed(stem, sans, key, |_| {})
+    }
+
     pub fn issue_with(
         &self,
         stem: &str,
         sans: &[&str],
+        tweak: impl FnOnce(&mut CertificateParams),
+    ) -> Issued {
+        self.issue_signed(stem, sans, KeyPair::generate().unwrap(), tweak)
+    }
+
+    fn issue_signed(
+        &self,
+        stem: &str,
+        sans: &[&str],
+        key: KeyPair,
         tweak: impl FnOnce(&mut CertificateParams),
     ) -> Issued {
         let mut params =
@@ -68,7 +96,6 @@ impl Pki {
             .distinguished_name
             .push(DnType::CommonName, sans.first().copied().unwrap_or(stem));
         tweak(&mut params);
-        let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.ca).unwrap();
         let (cert_path, key_path) = (
             self.dir.join(format!("{stem}.pem")),
@@ -88,9 +115,12 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Accepts any server certificate (to see which one was served).
+/// Accepts any server certificate (to see which one was served); with
+/// `schemes`, offers only those signature schemes.
 #[derive(Debug)]
-struct AnyServer;
+struct AnyServer {
+    schemes: Option<Vec<rustls::SignatureScheme>>,
+}
 
 impl rustls::client::danger::ServerCertVerifier for AnyServer {
     fn verify_server_cert(
@@ -133,9 +163,12 @@ impl rustls::client::danger::ServerCertVerifier for AnyServer {
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        provider()
-            .signature_verification_algorithms
-            .supported_schemes()
+        match &self.schemes {
+            Some(s) => s.clone(),
+            None => provider()
+                .signature_verification_algorithms
+                .supported_schemes(),
+        }
     }
 }
 
@@ -165,7 +198,7 @@ pub fn client_config(setup: &ClientSetup) -> Arc<rustls::ClientConfig> {
         }
         None => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyServer)),
+            .with_custom_certificate_verifier(Arc::new(AnyServer { schemes: None })),
     };
     let mut config = match &setup.identity {
         None => builder.with_no_client_auth(),
@@ -180,6 +213,21 @@ pub fn client_config(setup: &ClientSetup) -> Arc<rustls::ClientConfig> {
         }
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// A TLS 1.3 client that accepts any certificate and can verify only
+/// these signature schemes (so a server must pick a key that makes one).
+pub fn client_offering(schemes: &[rustls::SignatureScheme]) -> Arc<rustls::ClientConfig> {
+    let verifier = AnyServer {
+        schemes: Some(schemes.to_vec()),
+    };
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
     Arc::new(config)
 }
 
@@ -222,6 +270,11 @@ impl TlsClient {
         self.tls.conn.peer_certificates().unwrap()[0]
             .clone()
             .into_owned()
+    }
+
+    /// The handshake resumed an earlier session.
+    pub fn resumed(&self) -> bool {
+        self.tls.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
     }
 
     pub fn version(&self) -> Option<rustls::ProtocolVersion> {
