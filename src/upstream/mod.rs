@@ -216,10 +216,18 @@ impl Endpoint {
             .map_err(ConnectError::Failed)?;
         // Small request and response heads must not wait for Nagle.
         let _ = stream.set_nodelay(true);
-        let (Some(tls), Some(name)) = (&cluster.tls, &self.server_name) else {
+        let Some(tls) = &cluster.tls else {
             return Ok(UpstreamStream::Plain(stream));
         };
-        let session = rustls::ClientConnection::new(tls.client.clone(), name.clone())
+        // Config validation gives every endpoint of a TLS cluster a name;
+        // without one the connection fails rather than going out in clear.
+        let name = self.server_name.clone().ok_or_else(|| {
+            ConnectError::Tls(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no TLS server name",
+            ))
+        })?;
+        let session = rustls::ClientConnection::new(tls.client.clone(), name)
             .map_err(|e| ConnectError::Tls(io::Error::other(e)))?;
         let mut tls = Box::new(crate::tls::TlsStream::new(stream, session));
         tls.handshake().await.map_err(ConnectError::Tls)?;
