@@ -42,13 +42,8 @@ pub fn client_config(
     identity: Option<Arc<CertifiedKey>>,
     tls13_only: bool,
 ) -> Result<rustls::ClientConfig, String> {
-    let versions: &[&rustls::SupportedProtocolVersion] = if tls13_only {
-        &[&rustls::version::TLS13]
-    } else {
-        &[&rustls::version::TLS13, &rustls::version::TLS12]
-    };
     let builder = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(versions)
+        .with_protocol_versions(super::versions(tls13_only))
         .map_err(|e| e.to_string())?;
     let builder = match trust {
         Trust::Roots(roots) => builder.with_root_certificates(roots),

@@ -254,6 +254,18 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
+/// The protocol versions offered: TLS 1.3 and 1.2, or 1.3 alone.
+pub fn versions(tls13_only: bool) -> &'static [&'static rustls::SupportedProtocolVersion] {
+    static TLS13: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+    static BOTH: [&rustls::SupportedProtocolVersion; 2] =
+        [&rustls::version::TLS13, &rustls::version::TLS12];
+    if tls13_only {
+        &TLS13
+    } else {
+        &BOTH
+    }
+}
+
 /// Builds a listener's rustls configuration.
 ///
 /// # Errors
@@ -264,13 +276,8 @@ pub fn server_config(
     client_auth: ClientAuth,
     client_roots: Option<rustls::RootCertStore>,
 ) -> Result<rustls::ServerConfig, String> {
-    let versions: &[&rustls::SupportedProtocolVersion] = if tls13_only {
-        &[&rustls::version::TLS13]
-    } else {
-        &[&rustls::version::TLS13, &rustls::version::TLS12]
-    };
     let builder = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(versions)
+        .with_protocol_versions(versions(tls13_only))
         .map_err(|e| e.to_string())?;
     let builder = match (client_auth, client_roots) {
         (ClientAuth::None, _) | (_, None) => builder.with_no_client_auth(),

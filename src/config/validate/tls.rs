@@ -25,9 +25,7 @@ pub(super) fn listener(
     dir: &Path,
     watched: &mut Vec<PathBuf>,
 ) -> Option<TlsListener> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
+    let now = unix_now();
     let unknown_sni = match raw.unknown_sni.as_str() {
         "default" => UnknownSni::Default,
         "reject" => UnknownSni::Reject,
@@ -39,17 +37,7 @@ pub(super) fn listener(
             UnknownSni::Default
         }
     };
-    let tls13_only = match raw.min_version.as_str() {
-        "1.2" => false,
-        "1.3" => true,
-        other => {
-            c.error(
-                &p.key("min_version"),
-                format!("{other:?} is not \"1.2\" or \"1.3\" (older versions are not offered)"),
-            );
-            false
-        }
-    };
+    let tls13_only = tls13_only(c, p, &raw.min_version);
     if raw.handshake_timeout.0.is_zero() {
         c.error(&p.key("handshake_timeout"), "must be greater than zero");
     }
@@ -193,6 +181,28 @@ pub(super) fn listener(
     })
 }
 
+/// Seconds since the epoch, for certificate expiry.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// `min_version`: "1.2" (TLS 1.3 and 1.2) or "1.3"; true for 1.3 only.
+fn tls13_only(c: &mut Checker<'_>, p: &KeyPath, min_version: &str) -> bool {
+    match min_version {
+        "1.2" => false,
+        "1.3" => true,
+        other => {
+            c.error(
+                &p.key("min_version"),
+                format!("{other:?} is not \"1.2\" or \"1.3\" (older versions are not offered)"),
+            );
+            false
+        }
+    }
+}
+
 /// A host name or `*.suffix` (lowercase expected by callers).
 fn is_host_pattern(n: &str) -> bool {
     let bare = n.strip_prefix("*.").unwrap_or(n);
@@ -263,20 +273,8 @@ pub(super) fn upstream(
     dir: &Path,
     watched: &mut Vec<PathBuf>,
 ) -> Option<UpstreamTls> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    let tls13_only = match raw.min_version.as_str() {
-        "1.2" => false,
-        "1.3" => true,
-        other => {
-            c.error(
-                &p.key("min_version"),
-                format!("{other:?} is not \"1.2\" or \"1.3\""),
-            );
-            false
-        }
-    };
+    let now = unix_now();
+    let tls13_only = tls13_only(c, p, &raw.min_version);
     let server_name = raw.server_name.as_ref().and_then(|n| {
         ServerName::try_from(n.to_ascii_lowercase())
             .map_err(|_| {
