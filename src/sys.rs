@@ -1,7 +1,7 @@
 //! The one place with `unsafe` code: a non-blocking socket peek, the
-//! allocation-counting global allocator, and byte views of monoio's owned
-//! buffers (for the TLS adapter). Everything else goes through monoio,
-//! socket2 and std.
+//! allocation-counting global allocator, byte views of monoio's owned
+//! buffers (for the TLS adapter) and a gathered write of two owned buffers.
+//! Everything else goes through monoio, socket2 and std.
 #![allow(unsafe_code)]
 
 use std::os::fd::RawFd;
@@ -123,5 +123,126 @@ pub fn each_iovec<T: monoio::buf::IoVecBuf>(buf: &T, mut f: impl FnMut(&[u8])) {
     for v in iovecs {
         // SAFETY: as above, for each iovec.
         f(unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) });
+    }
+}
+
+/// Heap room for two iovecs, kept by its connection so that a gathered
+/// write allocates only the first time. Its address stays fixed while the
+/// driver owns a [`Gather`] built on it; the default (and what
+/// `mem::take` leaves behind) allocates nothing.
+#[derive(Default)]
+pub struct IovecPair(Vec<libc::iovec>);
+
+/// Two owned buffers written by one `writev`: a range of `first`, then a
+/// range of `second` (a response head and the body bytes that arrived with
+/// it). The buffers cannot be touched while gathered, so the iovecs stay
+/// valid; [`Gather::into_parts`] hands them back.
+pub struct Gather {
+    first: Vec<u8>,
+    second: Vec<u8>,
+    iov: IovecPair,
+    /// Index of the first iovec not yet fully written.
+    at: usize,
+}
+
+impl Gather {
+    /// # Panics
+    /// If a range is out of its buffer's bounds.
+    pub fn new(
+        first: Vec<u8>,
+        a: std::ops::Range<usize>,
+        second: Vec<u8>,
+        b: std::ops::Range<usize>,
+        mut iov: IovecPair,
+    ) -> Self {
+        let (a, b) = (&first[a], &second[b]);
+        iov.0.clear();
+        iov.0.extend([a, b].map(|part| libc::iovec {
+            iov_base: part.as_ptr().cast_mut().cast(),
+            iov_len: part.len(),
+        }));
+        Self {
+            first,
+            second,
+            iov,
+            at: 0,
+        }
+    }
+
+    /// Bytes not yet written.
+    pub fn remaining(&self) -> usize {
+        self.iov.0[self.at..].iter().map(|v| v.iov_len).sum()
+    }
+
+    /// Drops `n` written bytes from the front.
+    pub fn advance(&mut self, mut n: usize) {
+        while n > 0 && self.at < self.iov.0.len() {
+            let v = &mut self.iov.0[self.at];
+            if n >= v.iov_len {
+                n -= v.iov_len;
+                v.iov_len = 0;
+                self.at += 1;
+            } else {
+                v.iov_base = v.iov_base.cast::<u8>().wrapping_add(n).cast();
+                v.iov_len -= n;
+                n = 0;
+            }
+        }
+    }
+
+    pub fn into_parts(self) -> (Vec<u8>, Vec<u8>, IovecPair) {
+        (self.first, self.second, self.iov)
+    }
+}
+
+// SAFETY: the iovecs point into `first` and `second`, which `Gather` owns and
+// never reallocates or hands out until `into_parts`; the iovec array is a
+// `Vec` that is not touched while gathered, so moving the `Gather` moves
+// none of them. `at <= len` keeps the pointer and count within the array.
+unsafe impl monoio::buf::IoVecBuf for Gather {
+    fn read_iovec_ptr(&self) -> *const libc::iovec {
+        self.iov.0[self.at..].as_ptr()
+    }
+
+    fn read_iovec_len(&self) -> usize {
+        self.iov.0.len() - self.at
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gathered(g: &Gather) -> Vec<u8> {
+        let mut out = Vec::new();
+        each_iovec(g, |part| out.extend_from_slice(part));
+        out
+    }
+
+    #[test]
+    fn a_gather_writes_both_ranges_and_advances_across_them() {
+        let head = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
+        let upstream = b"xxxxbodyyy".to_vec();
+        let mut g = Gather::new(head, 0..19, upstream, 4..8, IovecPair::default());
+        assert_eq!(g.remaining(), 23);
+        assert_eq!(gathered(&g), b"HTTP/1.1 200 OK\r\n\r\nbody");
+        g.advance(17);
+        assert_eq!(gathered(&g), b"\r\nbody");
+        g.advance(3);
+        assert_eq!(gathered(&g), b"ody");
+        assert_eq!(g.remaining(), 3);
+        g.advance(3);
+        assert_eq!(g.remaining(), 0);
+        let (head, upstream, iov) = g.into_parts();
+        assert_eq!(
+            (head.len(), upstream.len()),
+            (19, 10),
+            "buffers come back whole"
+        );
+        // The iovec room is reused without allocating again.
+        let room = iov.0.capacity();
+        let g = Gather::new(head, 0..0, upstream, 0..10, iov);
+        assert_eq!(gathered(&g), b"xxxxbodyyy");
+        assert_eq!(g.into_parts().2 .0.capacity(), room);
     }
 }

@@ -26,7 +26,7 @@ use super::chunked::ChunkedDecoder;
 use super::head::{
     parse_request, Framing, Method, Parse, RequestHead, RequestView, ResponseHead, Version,
 };
-use super::io::{make_room, read_into, write_all, Stream};
+use super::io::{make_room, read_into, write_all, Park, Stream};
 use super::log_phase::{audit, capture_for_log, deny, finish, trace_context, Record};
 use super::proxy;
 use super::response::{
@@ -39,11 +39,8 @@ use crate::observability::access_log::field_str;
 use crate::routing::{Action, Route};
 use crate::security::client_ip::client_ip;
 use crate::security::path::{self, Anomalies, PathError};
-use crate::worker::{DrainGuard, Snapshot, WorkerCtx};
+use crate::worker::{Accepted, BufferPool, ConnBuffers, DrainGuard, Snapshot, WorkerCtx};
 
-/// Initial read buffer per connection; grows up to `limits.max_header_bytes`
-/// for a large head and is then reused for body data.
-const READ_BUF: usize = 16 * 1024;
 /// After an error response, how long unread client bytes are drained before
 /// closing, so the close does not turn into a reset that destroys the
 /// response in the client's receive queue (RFC 9112 9.6).
@@ -116,6 +113,8 @@ pub struct Downstream<S> {
     /// `buffered` says whether the current request's body is in it.
     pub body: Vec<u8>,
     pub buffered: bool,
+    /// iovecs for writing a response head with its first body bytes.
+    pub iov: crate::sys::IovecPair,
 }
 
 impl<S: Stream> Downstream<S> {
@@ -125,29 +124,33 @@ impl<S: Stream> Downstream<S> {
         listener: usize,
         max_trailers: usize,
         secure: Secure,
+        buffers: ConnBuffers,
     ) -> Self {
-        Self {
+        let mut d = Self {
             stream,
             peer,
             listener,
             secure,
-            rbuf: Vec::with_capacity(READ_BUF),
+            rbuf: Vec::new(),
             start: 0,
-            wbuf: Vec::with_capacity(4096),
+            wbuf: Vec::new(),
             scratch: Vec::new(),
             head: RequestHead::default(),
             response: ResponseHead::default(),
             decoder: ChunkedDecoder::new(max_trailers),
             rec: Record::default(),
-            path: Vec::with_capacity(256),
-            path_scratch: Vec::with_capacity(256),
+            path: Vec::new(),
+            path_scratch: Vec::new(),
             extra: Vec::new(),
             identity: Vec::new(),
             gateway_fields: Vec::new(),
             fields_of: 0,
             body: Vec::new(),
             buffered: false,
-        }
+            iov: crate::sys::IovecPair::default(),
+        };
+        d.give_buffers(buffers);
+        d
     }
 
     /// Refreshes the gateway-made responses' fields when the config changed.
@@ -160,6 +163,30 @@ impl<S: Stream> Downstream<S> {
                 .extend_from_slice(&cfg.security.gateway_headers);
             self.gateway_fields.extend_from_slice(self.secure.hsts());
         }
+    }
+
+    /// Hands the per-request buffers over (to the worker's pool), leaving
+    /// empty ones.
+    fn take_buffers(&mut self) -> ConnBuffers {
+        use std::mem::take;
+        self.start = 0;
+        ConnBuffers {
+            read: take(&mut self.rbuf),
+            write: take(&mut self.wbuf),
+            request_fields: take(&mut self.head.headers),
+            response_fields: take(&mut self.response.headers),
+            path: take(&mut self.path),
+            path_scratch: take(&mut self.path_scratch),
+        }
+    }
+
+    fn give_buffers(&mut self, buffers: ConnBuffers) {
+        self.rbuf = buffers.read;
+        self.wbuf = buffers.write;
+        self.head.headers = buffers.request_fields;
+        self.response.headers = buffers.response_fields;
+        self.path = buffers.path;
+        self.path_scratch = buffers.path_scratch;
     }
 
     /// The parsed head with the bytes it points into.
@@ -193,37 +220,44 @@ enum HeadOutcome {
 }
 
 /// Serves one accepted connection until it closes.
-pub async fn serve<S: Stream>(
-    ctx: Rc<WorkerCtx>,
-    stream: S,
-    peer: SocketAddr,
-    listener: usize,
-    accepted: Instant,
-    proxy_protocol: bool,
-    secure: Secure,
-) {
-    let drain = ctx.drain.register();
+pub async fn serve<S: Stream + Park>(conn: Accepted, stream: S, secure: Secure) {
+    let ctx = &conn.ctx;
     let snap = ctx.snapshot();
     let mut d = Downstream::new(
         stream,
-        peer,
-        listener,
+        conn.peer,
+        conn.listener,
         snap.config.limits.head.max_header_bytes,
         secure,
+        ctx.buffers.take(),
     );
-    let mut deadline = Some(accepted + snap.config.timeouts.request_head);
+    let deadline = conn.at + snap.config.timeouts.request_head;
     drop(snap);
+    serve_requests(ctx, &mut d, deadline, conn.proxy_protocol).await;
+    ctx.buffers.put(d.take_buffers());
+}
+
+/// The request loop of [`serve`].
+async fn serve_requests<S: Stream + Park>(
+    ctx: &Rc<WorkerCtx>,
+    d: &mut Downstream<S>,
+    first_deadline: Instant,
+    proxy_protocol: bool,
+) {
+    let drain = ctx.drain.register();
+    let parking = ctx.park_idle.then_some(&ctx.buffers);
+    let mut deadline = Some(first_deadline);
     if proxy_protocol {
         // Within the first head's deadline; anything but a valid header
         // closes the connection unanswered.
         let Some(until) = deadline else { return };
-        if !read_proxy_header(&mut d, until).await {
+        if !read_proxy_header(d, until).await {
             return;
         }
     }
     loop {
         let waiting = ctx.snapshot();
-        let outcome = read_head(&mut d, &waiting.config, deadline, &drain).await;
+        let outcome = read_head(d, &waiting.config, deadline, &drain, parking).await;
         drop(waiting);
         // Each request sees one snapshot from head to end of response: the
         // newest at the time its head arrived, even on an old connection.
@@ -245,14 +279,14 @@ pub async fn serve<S: Stream>(
                 d.rec.bytes_out = d.wbuf.len() as u64;
                 d.rec.bytes_in = d.rbuf.len().saturating_sub(d.start) as u64;
                 let written = write_all(&mut d.stream, &mut d.wbuf).await.is_ok();
-                finish(&ctx, &snap, &mut d, None, Method::Other, &id);
+                finish(ctx, &snap, d, None, Method::Other, &id);
                 if written {
-                    linger_close(&mut d).await;
+                    linger_close(d).await;
                 }
                 return;
             }
         }
-        let next = exchange(&ctx, &snap, &mut d).await;
+        let next = exchange(ctx, &snap, d).await;
         if next == Next::Close || ctx.drain.is_draining() {
             let _ = d.stream.shutdown().await;
             return;
@@ -279,12 +313,15 @@ async fn read_proxy_header<S: Stream>(d: &mut Downstream<S>, until: Instant) -> 
     }
 }
 
-/// Reads until a complete request head is at `d.start`.
-async fn read_head<S: Stream>(
+/// Reads until a complete request head is at `d.start`. Between requests
+/// on a keep-alive connection, with `parking`, the connection waits for
+/// its next bytes without buffers (see `worker::buffers`).
+async fn read_head<S: Stream + Park>(
     d: &mut Downstream<S>,
     cfg: &Config,
     mut deadline: Option<Instant>,
     drain: &DrainGuard<'_>,
+    parking: Option<&BufferPool>,
 ) -> HeadOutcome {
     let limits = &cfg.limits.head;
     d.rec.reset();
@@ -322,6 +359,11 @@ async fn read_head<S: Stream>(
             Some(t) => t.saturating_duration_since(Instant::now()),
             None => cfg.timeouts.keepalive_idle,
         };
+        if let Some(pool) = parking.filter(|_| idle && deadline.is_none()) {
+            if d.stream.can_park() && !park(d, pool, wait, drain).await {
+                return HeadOutcome::Closed;
+            }
+        }
         let read = monoio::time::timeout(wait, read_into(&mut d.stream, &mut d.rbuf));
         let result = if idle {
             // Only an idle connection gives way to a drain; a request that has
@@ -340,6 +382,27 @@ async fn read_head<S: Stream>(
             Some(Err(_)) => return HeadOutcome::Error(GatewayError::RequestTimeout),
         }
     }
+}
+
+/// Waits, without buffers, until an idle keep-alive connection has bytes
+/// to read. Returns `false` on idle timeout, error or drain. The buffers
+/// are back in place either way.
+async fn park<S: Stream + Park>(
+    d: &mut Downstream<S>,
+    pool: &BufferPool,
+    wait: Duration,
+    drain: &DrainGuard<'_>,
+) -> bool {
+    pool.put(d.take_buffers());
+    let parked = pool.park();
+    let ready = monoio::time::timeout(wait, d.stream.readable());
+    let woke = monoio::select! {
+        r = ready => matches!(r, Ok(Ok(()))),
+        _ = drain.wait() => false,
+    };
+    drop(parked);
+    d.give_buffers(pool.take());
+    woke
 }
 
 /// Runs one request through the pipeline, then the log phase.

@@ -17,6 +17,29 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 pub trait Stream: AsyncReadRent + AsyncWriteRent {}
 impl<T: AsyncReadRent + AsyncWriteRent> Stream for T {}
 
+/// A client stream that can wait for its next bytes without lending a
+/// buffer to the driver (see `worker::buffers`).
+pub trait Park {
+    /// Everything received so far has been read, so readiness of the
+    /// socket is the only way more can come.
+    fn can_park(&self) -> bool;
+    /// Waits until the socket is readable (a buffer-less poll on io_uring).
+    fn readable(&self) -> impl std::future::Future<Output = io::Result<()>>;
+}
+
+impl Park for monoio::net::TcpStream {
+    fn can_park(&self) -> bool {
+        true
+    }
+
+    async fn readable(&self) -> io::Result<()> {
+        // Not relaxed: on the epoll driver a stale readiness would let the
+        // read that follows wait with its buffer (parking is used on
+        // io_uring only, where the flag is ignored).
+        monoio::net::TcpStream::readable(self, false).await
+    }
+}
+
 /// A read failure, with the side that failed left to the caller.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -111,4 +134,25 @@ pub async fn write_range<S: Stream>(
 pub async fn write_all<S: Stream>(stream: &mut S, buf: &mut Vec<u8>) -> io::Result<()> {
     let len = buf.len();
     write_range(stream, buf, 0..len).await
+}
+
+/// Writes all of a gathered pair of buffers (one `writev` unless the socket
+/// takes less), handing it back for its buffers.
+///
+/// # Errors
+/// The I/O error of a write.
+pub async fn write_gather<S: Stream>(
+    stream: &mut S,
+    mut gather: crate::sys::Gather,
+) -> (io::Result<()>, crate::sys::Gather) {
+    while gather.remaining() > 0 {
+        let (res, back) = stream.writev(gather).await;
+        gather = back;
+        match res {
+            Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), gather),
+            Ok(n) => gather.advance(n),
+            Err(e) => return (Err(e), gather),
+        }
+    }
+    (Ok(()), gather)
 }

@@ -28,20 +28,17 @@ use super::conn::{respond_error, Downstream, Next};
 use super::head::{
     parse_response, trim, Framing, Method, Parse, RequestView, ResponseHead, Version,
 };
-use super::io::{read_into, write_all, ReadError, Stream};
+use super::io::{read_into, write_all, write_gather, ReadError, Stream};
 use super::response::{push_field, push_ip, push_u64, RequestId};
 use crate::error::GatewayError;
 use crate::observability::metrics::UpstreamErrorKind;
 use crate::routing::{ProxyAction, Route};
 use crate::security::HeaderPolicy;
+use crate::sys::Gather;
 use crate::upstream::{balancer, ConnectError, Endpoint, UpstreamConn};
 use crate::worker::{Snapshot, WorkerCtx};
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
-
-/// Response bodies up to this size that arrived with their head are written
-/// together with the head.
-const SMALL_BODY: u64 = 64 * 1024;
 
 /// Counts a request as outstanding on an endpoint for least-request.
 struct InFlight<'a>(&'a Endpoint);
@@ -352,24 +349,35 @@ async fn attempt<S: Stream>(
         &route.policy.headers,
     );
     let mut up_start = d.response.len;
-    // A body that has fully arrived with the head leaves in the same write:
-    // one syscall for a small response instead of two.
-    if let Framing::Length(n) = resp_framing {
-        let body = &up.buf[up_start..];
-        if body.len() as u64 >= n && n <= SMALL_BODY {
-            d.wbuf.extend_from_slice(&body[..n as usize]);
-            up_start += n as usize;
+    // Body bytes that arrived with the head leave with it, in one writev
+    // from the upstream buffer: no copy, and one socket operation for a
+    // response that fits the upstream buffer.
+    let with_head = match (resp_framing, encode) {
+        (Framing::Length(n), Encode::Identity) => {
+            (up.buf.len() - up_start).min(usize::try_from(n).unwrap_or(usize::MAX))
         }
-    }
+        _ => 0,
+    };
     d.rec.status = d.response.status;
-    d.rec.bytes_out += d.wbuf.len() as u64;
-    if write_all(&mut d.stream, &mut d.wbuf).await.is_err() {
+    d.rec.bytes_out += (d.wbuf.len() + with_head) as u64;
+    let head_len = d.wbuf.len();
+    let gather = Gather::new(
+        std::mem::take(&mut d.wbuf),
+        0..head_len,
+        std::mem::take(&mut up.buf),
+        up_start..up_start + with_head,
+        std::mem::take(&mut d.iov),
+    );
+    let (written, gather) = write_gather(&mut d.stream, gather).await;
+    (d.wbuf, up.buf, d.iov) = gather.into_parts();
+    if written.is_err() {
         return Err(Attempt::Fail(Next::Close));
     }
-    let resp_framing = if up_start > d.response.len {
-        Framing::Empty
-    } else {
-        resp_framing
+    up_start += with_head;
+    let resp_framing = match resp_framing {
+        Framing::Length(n) if n == with_head as u64 => Framing::Empty,
+        Framing::Length(n) => Framing::Length(n - with_head as u64),
+        other => other,
     };
 
     // response body

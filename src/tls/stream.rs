@@ -21,6 +21,20 @@ use rustls::{ConnectionCommon, SideData};
 
 use crate::sys;
 
+impl<C, SD> crate::http::io::Park for TlsStream<monoio::net::TcpStream, C>
+where
+    C: DerefMut + Deref<Target = ConnectionCommon<SD>>,
+    SD: SideData,
+{
+    fn can_park(&self) -> bool {
+        self.is_drained()
+    }
+
+    async fn readable(&self) -> io::Result<()> {
+        crate::http::io::Park::readable(&self.io).await
+    }
+}
+
 /// Ciphertext read per socket read.
 pub const READ_CHUNK: usize = 16 * 1024 + 512;
 

@@ -22,9 +22,10 @@ use crate::observability::metrics::{ClusterStats, WorkerStats};
 pub use balancer::Balancer;
 pub use stream::UpstreamStream;
 
-/// Initial read buffer of an upstream connection: one response head plus the
-/// first body bytes usually fit.
-const UPSTREAM_BUF: usize = 16 * 1024;
+/// Read buffer of an upstream connection: a response head and a 16 KiB body
+/// arrive in one read and leave in one writev; large bodies move in 32 KiB
+/// steps.
+const UPSTREAM_BUF: usize = 32 * 1024;
 
 /// A connection to an endpoint with the buffer its responses are read into.
 pub struct UpstreamConn {

@@ -8,6 +8,7 @@
 //!
 //! - `drain.rs`: graceful-shutdown signal and per-worker connection slots.
 
+mod buffers;
 mod drain;
 
 use std::cell::RefCell;
@@ -22,6 +23,7 @@ use monoio::net::TcpListener;
 use monoio::time::Instant;
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
+pub use buffers::{BufferPool, ConnBuffers};
 pub use drain::{ConnSlots, Drain, DrainGuard};
 
 use crate::config::{Config, DriverChoice, ListenerConfig};
@@ -101,6 +103,12 @@ pub struct WorkerCtx {
     /// TLS handshakes completed / failed or timed out.
     pub tls_handshakes: std::cell::Cell<u64>,
     pub tls_failures: std::cell::Cell<u64>,
+    /// Downstream connection buffers, shared by this worker's connections.
+    pub buffers: BufferPool,
+    /// Idle keep-alive connections return their buffers to `buffers`
+    /// (io_uring only: on epoll a buffer-less wait costs a poll(2) per
+    /// request).
+    pub park_idle: bool,
     /// The other workers and the cluster store, for rate-limit
     /// reconciliation.
     peers: RefCell<Peers>,
@@ -110,7 +118,7 @@ pub struct WorkerCtx {
 }
 
 impl WorkerCtx {
-    pub fn new(id: usize, config: Arc<Config>, logs: &Logs) -> Self {
+    pub fn new(id: usize, config: Arc<Config>, logs: &Logs, driver: Driver) -> Self {
         let stats = WorkerStats::default();
         let gates = Gates::default();
         let snapshot = Snapshot::new(config.clone(), id, &stats, &gates);
@@ -145,6 +153,8 @@ impl WorkerCtx {
             auth: crate::auth::AuthState::new(config.auth.cache_entries, trace_seed),
             tls_handshakes: std::cell::Cell::new(0),
             tls_failures: std::cell::Cell::new(0),
+            buffers: BufferPool::default(),
+            park_idle: driver == Driver::IoUring,
             epoch: Instant::now(),
             gates,
         }
@@ -206,6 +216,7 @@ impl WorkerCtx {
             worker: self.id,
             driver: driver.name(),
             connections: self.conns.active() as u64,
+            idle_connections: self.buffers.parked(),
             requests: self.stats.requests.get(),
             rate_sync_received: self.limiter.received.get(),
             auth_cache: (self.auth.hits.get(), self.auth.misses.get()),
@@ -356,7 +367,7 @@ pub fn spawn(
             let driver = config.driver;
             let entries = config.io_uring_entries;
             let run = |d: Driver| {
-                let ctx = Rc::new(WorkerCtx::new(id, config.clone(), &logs));
+                let ctx = Rc::new(WorkerCtx::new(id, config.clone(), &logs, d));
                 run(ctx, listeners, rx, started.clone(), d)
             };
             let uring = match driver {
@@ -532,28 +543,26 @@ async fn flush_logs(ctx: Rc<WorkerCtx>) {
 /// protocol header first, when the listener expects one), then serves the
 /// connection; a failed or slow handshake closes it (counted).
 async fn serve_tls(
-    ctx: &Rc<WorkerCtx>,
+    mut conn: Accepted,
     mut stream: monoio::net::TcpStream,
-    mut peer: std::net::SocketAddr,
-    index: usize,
-    accepted_at: Instant,
-    proxy_protocol: bool,
     tls: Arc<crate::tls::TlsListener>,
 ) {
+    let ctx = conn.ctx.clone();
     let session = match rustls::ServerConnection::new(tls.server.clone()) {
         Ok(s) => s,
         Err(_) => return,
     };
-    let deadline = accepted_at + tls.handshake_timeout;
+    let deadline = conn.at + tls.handshake_timeout;
     let mut received = Vec::with_capacity(crate::tls::stream::READ_CHUNK);
-    if proxy_protocol {
+    if conn.proxy_protocol {
         use crate::security::proxy_protocol::read_header;
         let Some((len, source)) = read_header(&mut stream, &mut received, deadline).await else {
             ctx.tls_failures.set(ctx.tls_failures.get() + 1);
             return;
         };
         received.drain(..len);
-        peer = source.unwrap_or(peer);
+        conn.peer = source.unwrap_or(conn.peer);
+        conn.proxy_protocol = false;
     }
     let mut stream = crate::tls::TlsStream::with_received(stream, session, received);
     let wait = deadline.saturating_duration_since(Instant::now());
@@ -579,7 +588,28 @@ async fn serve_tls(
         client_cert,
         client_principal,
     };
-    serve(ctx.clone(), stream, peer, index, accepted_at, false, secure).await;
+    serve(conn, stream, secure).await;
+}
+
+/// An accepted connection: its worker, where it came from, and its place
+/// in the worker's and the listener's connection counts, freed when the
+/// connection's task drops it.
+pub struct Accepted {
+    pub ctx: Rc<WorkerCtx>,
+    slots: Rc<ConnSlots>,
+    pub peer: SocketAddr,
+    /// Index of the listener in the config.
+    pub listener: usize,
+    pub at: Instant,
+    /// A PROXY protocol header is expected first.
+    pub proxy_protocol: bool,
+}
+
+impl Drop for Accepted {
+    fn drop(&mut self) {
+        self.slots.release();
+        self.ctx.conns.release();
+    }
 }
 
 /// Accepts connections on one listener while the worker has slots for them.
@@ -607,7 +637,6 @@ async fn accept_loop(
                 let accepted_at = Instant::now();
                 slots.acquire();
                 ctx.conns.acquire();
-                let (ctx, slots) = (ctx.clone(), slots.clone());
                 // TLS settings of the config current at accept time: a
                 // reload changes them for new connections only.
                 let tls = ctx
@@ -616,29 +645,26 @@ async fn accept_loop(
                     .listeners
                     .get(index)
                     .and_then(|l| l.tls.clone());
-                monoio::spawn(async move {
-                    match tls {
-                        None => {
-                            let plain = crate::http::conn::Secure::default();
-                            serve(
-                                ctx.clone(),
-                                stream,
-                                peer,
-                                index,
-                                accepted_at,
-                                proxy_protocol,
-                                plain,
-                            )
-                            .await;
-                        }
-                        Some(tls) => {
-                            serve_tls(&ctx, stream, peer, index, accepted_at, proxy_protocol, tls)
-                                .await
-                        }
+                let conn = Accepted {
+                    ctx: ctx.clone(),
+                    slots: slots.clone(),
+                    peer,
+                    listener: index,
+                    at: accepted_at,
+                    proxy_protocol,
+                };
+                // The connection's future is the task itself (no wrapper that
+                // would hold it twice), and plain connections' tasks are not
+                // sized for a TLS session.
+                match tls {
+                    None => {
+                        let plain = crate::http::conn::Secure::default();
+                        monoio::spawn(serve(conn, stream, plain));
                     }
-                    slots.release();
-                    ctx.conns.release();
-                });
+                    Some(tls) => {
+                        monoio::spawn(serve_tls(conn, stream, tls));
+                    }
+                }
             }
             Err(e) => {
                 // EMFILE and the like: back off instead of spinning.

@@ -1,0 +1,166 @@
+//! The worker's pool of downstream connection buffers.
+//!
+//! A connection needs its read buffer (16 KiB), write buffer and the
+//! vectors a request is parsed into only while a request is on it. Between
+//! requests, on io_uring, a keep-alive connection waits for readability
+//! with a buffer-less poll and gives them back here; when its next request
+//! arrives it takes a set again. So a worker holds about as many sets as it
+//! has requests in progress, not as many as it has open connections.
+//!
+//! The pool lives on one worker and is touched only by its tasks: no lock.
+//! Taking and returning a set is a `Vec` pop and push; buffers are
+//! allocated only when the pool is empty (a new high of concurrent
+//! requests), and freed only when the pool is full.
+
+use std::cell::{Cell, RefCell};
+
+use crate::http::head::Header;
+
+/// Read buffer of a downstream connection; grows up to
+/// `limits.max_header_bytes` for a large head and is then reused for body
+/// data.
+pub const READ_BUF: usize = 16 * 1024;
+/// Write buffer for response heads and gateway-made responses.
+pub const WRITE_BUF: usize = 4 * 1024;
+/// Header fields a head is parsed into before the vector grows.
+const FIELDS: usize = 32;
+/// Path bytes before the normalisation buffers grow.
+const PATH: usize = 256;
+/// Sets kept for reuse (about 21.5 KiB each: 5.4 MiB per worker at most).
+const MAX_POOLED: usize = 256;
+
+/// What a connection needs only while a request is on it.
+pub struct ConnBuffers {
+    pub read: Vec<u8>,
+    pub write: Vec<u8>,
+    /// The request's and the response's header fields.
+    pub request_fields: Vec<Header>,
+    pub response_fields: Vec<Header>,
+    /// The normalised path and the normaliser's scratch space.
+    pub path: Vec<u8>,
+    pub path_scratch: Vec<u8>,
+}
+
+impl ConnBuffers {
+    fn new() -> Self {
+        Self {
+            read: Vec::with_capacity(READ_BUF),
+            write: Vec::with_capacity(WRITE_BUF),
+            request_fields: Vec::with_capacity(FIELDS),
+            response_fields: Vec::with_capacity(FIELDS),
+            path: Vec::with_capacity(PATH),
+            path_scratch: Vec::with_capacity(PATH),
+        }
+    }
+
+    fn clear(&mut self) {
+        self.read.clear();
+        self.write.clear();
+        self.request_fields.clear();
+        self.response_fields.clear();
+        self.path.clear();
+        self.path_scratch.clear();
+    }
+}
+
+#[derive(Default)]
+pub struct BufferPool {
+    free: RefCell<Vec<ConnBuffers>>,
+    /// Connections waiting for a request without buffers.
+    parked: Cell<u64>,
+}
+
+impl BufferPool {
+    /// An empty set with the standard capacities.
+    pub fn take(&self) -> ConnBuffers {
+        self.free
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(ConnBuffers::new)
+    }
+
+    /// Returns a connection's set. One whose read buffer grew for a large
+    /// head, or lost it to a cancelled read, is freed rather than kept, so
+    /// the pool holds at most `MAX_POOLED` standard sets.
+    pub fn put(&self, mut bufs: ConnBuffers) {
+        let mut free = self.free.borrow_mut();
+        if free.len() < MAX_POOLED
+            && bufs.read.capacity() == READ_BUF
+            && bufs.write.capacity() <= 4 * WRITE_BUF
+            && bufs.path.capacity() <= 4 * PATH
+        {
+            bufs.clear();
+            free.push(bufs);
+        }
+    }
+
+    /// Sets waiting in the pool.
+    pub fn pooled(&self) -> usize {
+        self.free.borrow().len()
+    }
+
+    /// Connections currently parked.
+    pub fn parked(&self) -> u64 {
+        self.parked.get()
+    }
+
+    /// Counts a connection as parked until the guard drops.
+    pub fn park(&self) -> Parked<'_> {
+        self.parked.set(self.parked.get() + 1);
+        Parked(self)
+    }
+}
+
+/// A parked connection; see [`BufferPool::park`].
+pub struct Parked<'a>(&'a BufferPool);
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.0.parked.set(self.0.parked.get() - 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_are_reused_and_grown_ones_freed() {
+        let pool = BufferPool::default();
+        let mut a = pool.take();
+        a.read.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        let ptr = a.read.as_ptr();
+        pool.put(a);
+        assert_eq!(pool.pooled(), 1);
+        let b = pool.take();
+        assert_eq!(b.read.as_ptr(), ptr, "the same buffer comes back");
+        assert!(b.read.is_empty() && b.write.is_empty());
+        assert!(b.request_fields.capacity() >= FIELDS && b.path.capacity() >= PATH);
+        let mut grown = b;
+        grown.read.reserve(READ_BUF * 2);
+        pool.put(grown);
+        assert_eq!(pool.pooled(), 0, "a grown buffer is freed");
+    }
+
+    #[test]
+    fn the_pool_is_bounded() {
+        let pool = BufferPool::default();
+        let pairs: Vec<_> = (0..MAX_POOLED + 10).map(|_| pool.take()).collect();
+        for p in pairs {
+            pool.put(p);
+        }
+        assert_eq!(pool.pooled(), MAX_POOLED);
+    }
+
+    #[test]
+    fn parked_counts_until_the_guard_drops() {
+        let pool = BufferPool::default();
+        let a = pool.park();
+        let b = pool.park();
+        assert_eq!(pool.parked(), 2);
+        drop(a);
+        assert_eq!(pool.parked(), 1);
+        drop(b);
+        assert_eq!(pool.parked(), 0);
+    }
+}
