@@ -83,8 +83,14 @@ fn tls13_and_tls12_with_sni_wildcards_and_hsts() {
     );
     let seen = up.wait_requests(1);
     assert_eq!(seen[0].header("x-forwarded-proto"), Some("https"));
-    // keep-alive over TLS
+    // keep-alive over TLS: between requests the connection parks (its
+    // buffers and ciphertext buffer go back to the worker's pool) and wakes
+    // for the next one.
     assert_eq!(c.get("/again", "api.test").unwrap().0, 200);
+    wait_metric(&gw, |m| {
+        m.sum("ringgate_downstream_connections_idle", &[]) == 1.0
+    });
+    assert_eq!(c.get("/after-parking", "api.test").unwrap().0, 200);
 
     // TLS 1.2, wildcard name.
     let mut c = TlsClient::connect(gw.main(), "shop.apps.test", trusted(true)).unwrap();

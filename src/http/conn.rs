@@ -394,6 +394,7 @@ async fn park<S: Stream + Park>(
     drain: &DrainGuard<'_>,
 ) -> bool {
     pool.put(d.take_buffers());
+    d.stream.release(pool);
     let parked = pool.park();
     let ready = monoio::time::timeout(wait, d.stream.readable());
     let woke = monoio::select! {
@@ -401,6 +402,7 @@ async fn park<S: Stream + Park>(
         _ = drain.wait() => false,
     };
     drop(parked);
+    d.stream.restore(pool);
     d.give_buffers(pool.take());
     woke
 }

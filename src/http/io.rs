@@ -25,6 +25,11 @@ pub trait Park {
     fn can_park(&self) -> bool;
     /// Waits until the socket is readable (a buffer-less poll on io_uring).
     fn readable(&self) -> impl std::future::Future<Output = io::Result<()>>;
+    /// Gives buffers of the stream's own (TLS records) to the pool while
+    /// parked.
+    fn release(&mut self, _pool: &crate::worker::BufferPool) {}
+    /// Takes them back before reading.
+    fn restore(&mut self, _pool: &crate::worker::BufferPool) {}
 }
 
 impl Park for monoio::net::TcpStream {

@@ -33,6 +33,20 @@ where
     async fn readable(&self) -> io::Result<()> {
         crate::http::io::Park::readable(&self.io).await
     }
+
+    fn release(&mut self, pool: &crate::worker::BufferPool) {
+        // Drained: every ciphertext byte went to rustls.
+        if self.rx_pos == self.rx.len() {
+            self.rx_pos = 0;
+            pool.put_record(std::mem::take(&mut self.rx));
+        }
+    }
+
+    fn restore(&mut self, pool: &crate::worker::BufferPool) {
+        if self.rx.capacity() == 0 {
+            self.rx = pool.take_record();
+        }
+    }
 }
 
 /// Ciphertext read per socket read.

@@ -3,8 +3,9 @@
 //! A connection needs its read buffer (16 KiB), write buffer and the
 //! vectors a request is parsed into only while a request is on it. Between
 //! requests, on io_uring, a keep-alive connection waits for readability
-//! with a buffer-less poll and gives them back here; when its next request
-//! arrives it takes a set again. So a worker holds about as many sets as it
+//! with a buffer-less poll and gives them back here, with its TLS
+//! ciphertext buffer if it has one; when its next request arrives it takes
+//! them again. So a worker holds about as many sets as it
 //! has requests in progress, not as many as it has open connections.
 //!
 //! The pool lives on one worker and is touched only by its tasks: no lock.
@@ -15,6 +16,7 @@
 use std::cell::{Cell, RefCell};
 
 use crate::http::head::Header;
+use crate::tls::stream::READ_CHUNK;
 
 /// Read buffer of a downstream connection; grows up to
 /// `limits.max_header_bytes` for a large head and is then reused for body
@@ -26,7 +28,8 @@ pub const WRITE_BUF: usize = 4 * 1024;
 const FIELDS: usize = 32;
 /// Path bytes before the normalisation buffers grow.
 const PATH: usize = 256;
-/// Sets kept for reuse (about 21.5 KiB each: 5.4 MiB per worker at most).
+/// Sets kept for reuse (about 21.5 KiB each: 5.4 MiB per worker at most),
+/// and as many TLS record buffers (16.5 KiB each).
 const MAX_POOLED: usize = 256;
 
 /// What a connection needs only while a request is on it.
@@ -66,6 +69,8 @@ impl ConnBuffers {
 #[derive(Default)]
 pub struct BufferPool {
     free: RefCell<Vec<ConnBuffers>>,
+    /// Ciphertext read buffers of parked TLS connections.
+    records: RefCell<Vec<Vec<u8>>>,
     /// Connections waiting for a request without buffers.
     parked: Cell<u64>,
 }
@@ -91,6 +96,24 @@ impl BufferPool {
         {
             bufs.clear();
             free.push(bufs);
+        }
+    }
+
+    /// An empty TLS ciphertext buffer.
+    pub fn take_record(&self) -> Vec<u8> {
+        self.records
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(READ_CHUNK))
+    }
+
+    /// Returns a TLS ciphertext buffer; like [`BufferPool::put`], only
+    /// standard ones are kept.
+    pub fn put_record(&self, mut buf: Vec<u8>) {
+        let mut records = self.records.borrow_mut();
+        if records.len() < MAX_POOLED && buf.capacity() == READ_CHUNK {
+            buf.clear();
+            records.push(buf);
         }
     }
 
@@ -140,6 +163,23 @@ mod tests {
         grown.read.reserve(READ_BUF * 2);
         pool.put(grown);
         assert_eq!(pool.pooled(), 0, "a grown buffer is freed");
+    }
+
+    #[test]
+    fn tls_record_buffers_are_reused() {
+        let pool = BufferPool::default();
+        let rx = pool.take_record();
+        assert_eq!(rx.capacity(), READ_CHUNK);
+        let ptr = rx.as_ptr();
+        pool.put_record(rx);
+        let again = pool.take_record();
+        assert_eq!(again.as_ptr(), ptr);
+        pool.put_record(Vec::new());
+        assert_eq!(
+            pool.records.borrow().len(),
+            0,
+            "a released-empty buffer is not kept"
+        );
     }
 
     #[test]

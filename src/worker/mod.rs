@@ -553,7 +553,7 @@ async fn serve_tls(
         Err(_) => return,
     };
     let deadline = conn.at + tls.handshake_timeout;
-    let mut received = Vec::with_capacity(crate::tls::stream::READ_CHUNK);
+    let mut received = ctx.buffers.take_record();
     if conn.proxy_protocol {
         use crate::security::proxy_protocol::read_header;
         let Some((len, source)) = read_header(&mut stream, &mut received, deadline).await else {
