@@ -21,34 +21,6 @@ use rustls::{ConnectionCommon, SideData};
 
 use crate::sys;
 
-impl<C, SD> crate::http::io::Park for TlsStream<monoio::net::TcpStream, C>
-where
-    C: DerefMut + Deref<Target = ConnectionCommon<SD>>,
-    SD: SideData,
-{
-    fn can_park(&self) -> bool {
-        self.is_drained()
-    }
-
-    async fn readable(&self) -> io::Result<()> {
-        crate::http::io::Park::readable(&self.io).await
-    }
-
-    fn release(&mut self, pool: &crate::worker::BufferPool) {
-        // Drained: every ciphertext byte went to rustls.
-        if self.rx_pos == self.rx.len() {
-            self.rx_pos = 0;
-            pool.put_record(std::mem::take(&mut self.rx));
-        }
-    }
-
-    fn restore(&mut self, pool: &crate::worker::BufferPool) {
-        if self.rx.capacity() == 0 {
-            self.rx = pool.take_record();
-        }
-    }
-}
-
 /// Ciphertext read per socket read.
 pub const READ_CHUNK: usize = 16 * 1024 + 512;
 
@@ -271,5 +243,33 @@ where
         self.conn.send_close_notify();
         let _ = self.flush_tx().await;
         self.io.shutdown().await
+    }
+}
+
+impl<C, SD> crate::http::io::Park for TlsStream<monoio::net::TcpStream, C>
+where
+    C: DerefMut + Deref<Target = ConnectionCommon<SD>>,
+    SD: SideData,
+{
+    fn can_park(&self) -> bool {
+        self.is_drained()
+    }
+
+    async fn readable(&self) -> io::Result<()> {
+        crate::http::io::Park::readable(&self.io).await
+    }
+
+    fn release(&mut self, pool: &crate::worker::BufferPool) {
+        // Drained: every ciphertext byte went to rustls.
+        if self.rx_pos == self.rx.len() {
+            self.rx_pos = 0;
+            pool.put_record(std::mem::take(&mut self.rx));
+        }
+    }
+
+    fn restore(&mut self, pool: &crate::worker::BufferPool) {
+        if self.rx.capacity() == 0 {
+            self.rx = pool.take_record();
+        }
     }
 }

@@ -5,8 +5,8 @@
 //! requests, on io_uring, a keep-alive connection waits for readability
 //! with a buffer-less poll and gives them back here, with its TLS
 //! ciphertext buffer if it has one; when its next request arrives it takes
-//! them again. So a worker holds about as many sets as it
-//! has requests in progress, not as many as it has open connections.
+//! them again. So a worker holds about as many sets as it has requests in
+//! progress, not as many as it has open connections.
 //!
 //! The pool lives on one worker and is touched only by its tasks: no lock.
 //! Taking and returning a set is a `Vec` pop and push; buffers are
@@ -148,7 +148,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pairs_are_reused_and_grown_ones_freed() {
+    fn sets_are_reused_and_grown_ones_freed() {
         let pool = BufferPool::default();
         let mut a = pool.take();
         a.read.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
@@ -185,9 +185,9 @@ mod tests {
     #[test]
     fn the_pool_is_bounded() {
         let pool = BufferPool::default();
-        let pairs: Vec<_> = (0..MAX_POOLED + 10).map(|_| pool.take()).collect();
-        for p in pairs {
-            pool.put(p);
+        let sets: Vec<_> = (0..MAX_POOLED + 10).map(|_| pool.take()).collect();
+        for set in sets {
+            pool.put(set);
         }
         assert_eq!(pool.pooled(), MAX_POOLED);
     }

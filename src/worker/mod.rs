@@ -7,6 +7,7 @@
 //! thread (reload, shutdown), received off the request path.
 //!
 //! - `drain.rs`: graceful-shutdown signal and per-worker connection slots.
+//! - `buffers.rs`: the pool idle keep-alive connections park their buffers in.
 
 mod buffers;
 mod drain;
