@@ -136,7 +136,8 @@ pub fn run(config_path: PathBuf, config: Config) -> Result<(), StartError> {
     for signal in signals.forever() {
         match signal {
             SIGHUP => {
-                let ok = reload(&config_path, &handles, &mut current, &logs);
+                let outcome = reload(&config_path, &handles, &mut current, &logs);
+                let ok = outcome.is_ok();
                 if ok {
                     state.set_certificates(&current);
                     if let Err(e) = introspectors.start_if_needed(&current) {
@@ -155,6 +156,17 @@ pub fn run(config_path: PathBuf, config: Config) -> Result<(), StartError> {
                     &state.reloads_refused
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
+                // Audited last: whoever sees the line finds the reload
+                // finished and counted.
+                let file = config_path.display().to_string();
+                logs.audit("config_reload", |l| {
+                    field_str(l, "result", if ok { b"ok" } else { b"refused" });
+                    field_str(l, "file", file.as_bytes());
+                    if let Err(errors) = outcome {
+                        // The count only: messages may quote config values.
+                        field_u64(l, "errors", errors as u64);
+                    }
+                });
             }
             SIGUSR1 => {
                 logs.reopen();
@@ -362,10 +374,17 @@ fn stop(handles: Vec<WorkerHandle>) {
     }
 }
 
+/// How long a reload waits for every worker to confirm the new snapshot.
+const RELOAD_ACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Loads the file again and hands the new snapshot to every worker.
-/// Returns whether the new config was installed.
-fn reload(path: &Path, handles: &[WorkerHandle], current: &mut Arc<Config>, logs: &Logs) -> bool {
-    let file = path.display().to_string();
+/// Returns, when the file is refused, how many errors it has.
+fn reload(
+    path: &Path,
+    handles: &[WorkerHandle],
+    current: &mut Arc<Config>,
+    logs: &Logs,
+) -> Result<(), usize> {
     let new = match Config::load(path) {
         Ok(new) => new,
         Err(e) => {
@@ -373,13 +392,7 @@ fn reload(path: &Path, handles: &[WorkerHandle], current: &mut Arc<Config>, logs
                 tracing::error!("{d}");
             }
             tracing::error!("config reload refused; the running config keeps serving");
-            logs.audit("config_reload", |l| {
-                field_str(l, "result", b"refused");
-                field_str(l, "file", file.as_bytes());
-                // The count only: messages may quote config values.
-                field_u64(l, "errors", e.diagnostics.len() as u64);
-            });
-            return false;
+            return Err(e.diagnostics.len());
         }
     };
     let listeners_changed = new.listeners.len() != current.listeners.len()
@@ -404,15 +417,34 @@ fn reload(path: &Path, handles: &[WorkerHandle], current: &mut Arc<Config>, logs
         );
     }
     let new = Arc::new(new);
-    for h in handles {
-        let _ = h.control.send_blocking(Control::Reload(new.clone()));
+    // Each worker acknowledges once it serves the new snapshot, so "config
+    // reloaded" (and the audit line after it) means every worker has it.
+    let (installed, acks) = mpsc::sync_channel(handles.len());
+    let sent = handles
+        .iter()
+        .filter(|h| {
+            h.control
+                .send_blocking(Control::Reload(new.clone(), installed.clone()))
+                .is_ok()
+        })
+        .count();
+    drop(installed);
+    let deadline = std::time::Instant::now() + RELOAD_ACK_TIMEOUT;
+    let acked = (0..sent)
+        .take_while(|_| {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            acks.recv_timeout(left).is_ok()
+        })
+        .count();
+    if acked < handles.len() {
+        tracing::warn!(
+            workers = handles.len(),
+            acknowledged = acked,
+            "not every worker confirmed the new config in time; the rest pick it up when they next read their control queue"
+        );
     }
     warn_unverified(&new);
     *current = new;
     tracing::info!(path = %path.display(), "config reloaded");
-    logs.audit("config_reload", |l| {
-        field_str(l, "result", b"ok");
-        field_str(l, "file", file.as_bytes());
-    });
-    true
+    Ok(())
 }

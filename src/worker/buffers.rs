@@ -118,6 +118,7 @@ impl BufferPool {
     }
 
     /// Sets waiting in the pool.
+    #[cfg(test)]
     pub fn pooled(&self) -> usize {
         self.free.borrow().len()
     }

@@ -231,7 +231,8 @@ impl WorkerCtx {
 
 /// Messages from the control and admin threads.
 pub enum Control {
-    Reload(Arc<Config>),
+    /// Serve this snapshot from now on, then acknowledge.
+    Reload(Arc<Config>, std::sync::mpsc::SyncSender<()>),
     /// Answer with a copy of this worker's counters (a metrics scrape).
     Collect(async_channel::Sender<WorkerReport>),
     /// Where to report rate-limit admissions (sent once, after start).
@@ -452,7 +453,10 @@ async fn run(
 
     loop {
         match control.recv().await {
-            Ok(Control::Reload(config)) => ctx.install(config),
+            Ok(Control::Reload(config, installed)) => {
+                ctx.install(config);
+                let _ = installed.try_send(());
+            }
             Ok(Control::Collect(reply)) => {
                 let _ = reply.try_send(ctx.report(driver));
             }
