@@ -6,13 +6,15 @@
 #                   [--scenarios "small 16k 1m post64k newconn"] [--no-latency] [--no-idle]
 #                   [--observability] [--baseline PATH-TO-RINGGATE-BINARY]
 #                   [--ip-list N] [--rate-limit] [--jwt RS256|ES256] [--tls]
-#                   [--upstream-tls]
+#                   [--upstream-tls] [--baseline-driver auto|io_uring|epoll]
 #
 # --observability adds the target ringgate-obs: the same build with the
 # access log on (to a file) besides the always-on metrics. --baseline adds
 # ringgate-base: another ringgate binary (e.g. built from an earlier commit)
 # with the plain config, for before/after comparisons in the same run. Both
-# take part in the throughput phase only. --ip-list N gives every ringgate
+# take part in the throughput phase only. --baseline-driver runs the
+# baseline on the given event loop (e.g. --baseline target/release/ringgate
+# --baseline-driver epoll compares the two drivers of one build). --ip-list N gives every ringgate
 # target except the baseline a global deny list file of N entries;
 # --rate-limit puts them behind a per-client policy far above the load.
 # --jwt ALG makes their route require a JWT (keys from tests/fixtures/auth)
@@ -63,6 +65,7 @@ LATENCY=1
 IDLE=1
 EXTRA=""
 BASELINE=""
+BASE_DRIVER=""
 IP_LIST=0
 RATE_LIMIT=0
 JWT_ALG=""
@@ -77,6 +80,7 @@ while [ $# -gt 0 ]; do
     --tls) TLS=1; shift ;;
     --upstream-tls) UPSTREAM_TLS=1; shift ;;
     --baseline) BASELINE=$(realpath "$2"); EXTRA="$EXTRA ringgate-base"; shift 2 ;;
+    --baseline-driver) BASE_DRIVER=$2; shift 2 ;;
     --no-latency) LATENCY=0; shift ;;
     --no-idle) IDLE=0; shift ;;
     --reps) REPS=$2; shift 2 ;;
@@ -204,6 +208,9 @@ proxy = { cluster = "origin" }
 EOF
 # The baseline gets the plain config; the others an IP deny list if asked.
 sed -e "s/:$P_RINGGATE\"/:$P_RINGGATE_BASE\"/" "$WORK/ringgate.toml" > "$WORK/ringgate-base.toml"
+if [ -n "$BASE_DRIVER" ]; then
+  sed -i -e "s/^pin_workers = false$/&\ndriver = \"$BASE_DRIVER\"/" "$WORK/ringgate-base.toml"
+fi
 if [ -n "$JWT_ALG" ]; then
   case "$JWT_ALG" in
     RS256) key=rsa ;; ES256) key=ec256 ;;

@@ -95,6 +95,7 @@ pub fn run(config_path: PathBuf, config: Config) -> Result<(), StartError> {
         }
     }
     let driver = drivers.first().map_or("none", |d| d.name());
+    let completions = drivers.first().map_or("none", |d| d.completions());
     state.set_workers(handles.iter().map(|h| h.control.clone()).collect());
     // Each worker learns the others and the cluster store, for rate-limit
     // reconciliation.
@@ -130,7 +131,7 @@ pub fn run(config_path: PathBuf, config: Config) -> Result<(), StartError> {
     spawn_list_watcher(watch.clone())?;
     // Readiness first: whoever acts on the log line must find /readyz ready.
     state.ready.store(true, Ordering::Release);
-    tracing::info!(workers = handles.len(), driver, "ready");
+    tracing::info!(workers = handles.len(), driver, completions, "ready");
 
     let mut current = config;
     for signal in signals.forever() {

@@ -48,6 +48,37 @@ fn slowloris_gets_408_within_the_head_timeout() {
     }
 }
 
+/// io_uring completion work waits for the worker to ask for it unless
+/// configured otherwise; either way a proxied request completes and the
+/// keep-alive idle timer still fires.
+#[test]
+fn io_uring_completion_work_is_deferred_unless_disabled() {
+    let up = Upstream::new(Reply::ok("x"));
+    for (setting, mode) in [
+        ("", "deferred"),
+        ("io_uring_defer_taskrun = false\n", "interrupt"),
+    ] {
+        let body = format!(
+            "[timeouts]\nkeepalive_idle = \"300ms\"\n{}{}",
+            cluster("c", &[&up], ""),
+            route_all("c")
+        );
+        let text =
+            config("io_uring", &body).replacen("[server]\n", &format!("[server]\n{setting}"), 1);
+        let gw = Gateway::start(&text);
+        let ready = gw.wait_log("completions=");
+        assert!(
+            ready.contains(&format!("completions=\"{mode}\"")),
+            "{ready}"
+        );
+        let mut c = Client::connect(gw.main());
+        for _ in 0..3 {
+            assert_eq!(c.get("/").status, 200, "{mode}");
+        }
+        assert!(c.is_closed(), "{mode}: idle timer");
+    }
+}
+
 #[test]
 fn idle_keep_alive_connections_are_closed() {
     let body = "[timeouts]\nkeepalive_idle = \"300ms\"\n[[routes]]\nname = \"r\"\nrespond = { status = 200, body = \"ok\" }\n";

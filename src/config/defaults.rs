@@ -105,6 +105,9 @@ pub fn drain_timeout() -> Duration {
 pub fn io_uring_entries() -> u32 {
     IO_URING_ENTRIES
 }
+pub fn io_uring_defer_taskrun() -> bool {
+    true
+}
 pub fn request_head() -> Duration {
     Duration(REQUEST_HEAD)
 }

@@ -45,6 +45,9 @@ pub struct Config {
     pub driver: DriverChoice,
     pub pin_workers: bool,
     pub io_uring_entries: u32,
+    /// Run io_uring completion work only when the worker waits for it
+    /// (`IORING_SETUP_DEFER_TASKRUN`), instead of interrupting it.
+    pub io_uring_defer_taskrun: bool,
     /// Add `Via: 1.1 ringgate` both ways (RFC 9110 7.6.3).
     pub via: bool,
     pub drain_timeout: Duration,

@@ -87,6 +87,8 @@ pub struct RawServer {
     pub drain_timeout: Duration,
     #[serde(default = "d::io_uring_entries")]
     pub io_uring_entries: u32,
+    #[serde(default = "d::io_uring_defer_taskrun")]
+    pub io_uring_defer_taskrun: bool,
     #[serde(default)]
     pub via: bool,
     #[serde(default = "d::trace_context")]
@@ -101,6 +103,7 @@ impl Default for RawServer {
             pin_workers: d::pin_workers(),
             drain_timeout: d::drain_timeout(),
             io_uring_entries: d::io_uring_entries(),
+            io_uring_defer_taskrun: d::io_uring_defer_taskrun(),
             via: false,
             trace_context: d::trace_context(),
         }

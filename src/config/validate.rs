@@ -347,6 +347,7 @@ fn build(c: &mut Checker<'_>, raw: RawConfig, dir: &std::path::Path) -> Config {
         driver: raw.server.driver,
         pin_workers: raw.server.pin_workers,
         io_uring_entries: raw.server.io_uring_entries,
+        io_uring_defer_taskrun: raw.server.io_uring_defer_taskrun,
         via: raw.server.via,
         drain_timeout: raw.server.drain_timeout.0,
         timeouts,

@@ -155,7 +155,7 @@ impl WorkerCtx {
             tls_handshakes: std::cell::Cell::new(0),
             tls_failures: std::cell::Cell::new(0),
             buffers: BufferPool::default(),
-            park_idle: driver == Driver::IoUring,
+            park_idle: matches!(driver, Driver::IoUring { .. }),
             epoch: Instant::now(),
             gates,
         }
@@ -263,15 +263,29 @@ pub struct Peers {
 /// The event loop a worker runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Driver {
-    IoUring,
+    /// `deferred`: completion work waits for the worker to ask for it
+    /// (see `uring_runtime`).
+    IoUring {
+        deferred: bool,
+    },
     Epoll,
 }
 
 impl Driver {
     pub fn name(self) -> &'static str {
         match self {
-            Driver::IoUring => "io_uring",
+            Driver::IoUring { .. } => "io_uring",
             Driver::Epoll => "epoll",
+        }
+    }
+
+    /// When io_uring completion work runs: `deferred` (when the worker
+    /// waits), `interrupt` (as data arrives), or `none` (epoll).
+    pub fn completions(self) -> &'static str {
+        match self {
+            Driver::IoUring { deferred: true } => "deferred",
+            Driver::IoUring { deferred: false } => "interrupt",
+            Driver::Epoll => "none",
         }
     }
 }
@@ -368,21 +382,22 @@ pub fn spawn(
             }
             let driver = config.driver;
             let entries = config.io_uring_entries;
+            let defer = config.io_uring_defer_taskrun;
             let run = |d: Driver| {
                 let ctx = Rc::new(WorkerCtx::new(id, config.clone(), &logs, d));
                 run(ctx, listeners, rx, started.clone(), d)
             };
             let uring = match driver {
                 DriverChoice::Epoll => None,
-                DriverChoice::IoUring => Some(uring_runtime(entries)),
+                DriverChoice::IoUring => Some(uring_runtime(id, entries, defer)),
                 // Probe first: some kernels and sandboxes refuse io_uring.
                 DriverChoice::Auto => monoio::utils::detect_uring()
-                    .then(|| uring_runtime(entries))
+                    .then(|| uring_runtime(id, entries, defer))
                     .filter(Result::is_ok),
             };
             let result = match uring {
-                Some(Ok(mut rt)) => {
-                    rt.block_on(run(Driver::IoUring));
+                Some(Ok((mut rt, deferred))) => {
+                    rt.block_on(run(Driver::IoUring { deferred }));
                     Ok(())
                 }
                 Some(Err(e)) => Err(e),
@@ -405,13 +420,39 @@ pub fn spawn(
     })
 }
 
-fn uring_runtime(
-    entries: u32,
-) -> io::Result<monoio::Runtime<monoio::time::TimeDriver<IoUringDriver>>> {
-    RuntimeBuilder::<IoUringDriver>::new()
-        .with_entries(entries)
-        .enable_timer()
-        .build()
+type UringRuntime = monoio::Runtime<monoio::time::TimeDriver<IoUringDriver>>;
+
+/// The worker's ring. With `defer`, completion work (the retried receive
+/// once data arrives, the posting of its completion) runs only when the
+/// worker enters the kernel to wait for completions, which it does anyway
+/// once its ready tasks have run, instead of interrupting the worker with an
+/// inter-processor interrupt whenever data arrives from another core
+/// (`IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN`, Linux 6.1).
+/// The ring is built on the worker's own thread, which is its only
+/// submitter. A kernel that refuses the flags gets a plain ring.
+fn uring_runtime(id: usize, entries: u32, defer: bool) -> io::Result<(UringRuntime, bool)> {
+    let build = |urb: io_uring::Builder| {
+        RuntimeBuilder::<IoUringDriver>::new()
+            .uring_builder(urb)
+            .with_entries(entries)
+            .enable_timer()
+            .build()
+    };
+    if defer {
+        let mut urb = io_uring::IoUring::builder();
+        urb.setup_single_issuer().setup_defer_taskrun();
+        match build(urb) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                if id == 0 {
+                    tracing::info!(
+                        "this kernel has no deferred io_uring task running (Linux 6.1+); completions interrupt the workers"
+                    );
+                }
+            }
+            built => return built.map(|rt| (rt, true)),
+        }
+    }
+    build(io_uring::IoUring::builder()).map(|rt| (rt, false))
 }
 
 fn legacy_runtime() -> io::Result<monoio::Runtime<monoio::time::TimeDriver<LegacyDriver>>> {
