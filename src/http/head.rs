@@ -118,6 +118,15 @@ pub struct Header {
     pub value: Span,
 }
 
+impl Header {
+    /// The field line as it arrived, `name:` OWS `value`, without its line
+    /// ending (the parser refuses whitespace before the colon and folded
+    /// lines, so these bytes are a valid field line as they stand).
+    pub fn line(self) -> std::ops::Range<usize> {
+        self.name.start as usize..self.value.end.max(self.name.end) as usize
+    }
+}
+
 /// Why a head was refused; each names the status it becomes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum HeadError {
@@ -160,6 +169,9 @@ pub struct RequestHead {
     pub expect_continue: bool,
     /// The client wants the connection kept after this exchange.
     pub keep_alive: bool,
+    /// A Connection field names fields (a token besides `close` and
+    /// `keep-alive`); those are hop-by-hop too.
+    pub connection_lists_fields: bool,
     /// A client-supplied X-Request-Id that is safe to reuse.
     pub request_id: Option<Span>,
     /// Bytes of the head including the final CRLF.
@@ -179,6 +191,7 @@ impl Default for RequestHead {
             framing: Framing::Empty,
             expect_continue: false,
             keep_alive: true,
+            connection_lists_fields: false,
             request_id: None,
             len: 0,
         }
@@ -350,6 +363,7 @@ fn check_fields(
     let mut te_seen = false;
     let mut close = false;
     let mut keep_alive_token = false;
+    let mut lists_fields = false;
     head.expect_continue = false;
     head.request_id = None;
     for h in &head.headers {
@@ -384,6 +398,8 @@ fn check_fields(
                         close = true;
                     } else if token.eq_ignore_ascii_case(b"keep-alive") {
                         keep_alive_token = true;
+                    } else if !token.is_empty() {
+                        lists_fields = true;
                     }
                 }
             }
@@ -409,6 +425,7 @@ fn check_fields(
         return Err(HeadError::Malformed("missing Host"));
     }
     head.host = authority.or(host);
+    head.connection_lists_fields = lists_fields;
     head.keep_alive = if http11 {
         !close
     } else {
@@ -477,6 +494,8 @@ pub struct ResponseHead {
     pub framing: Framing,
     /// The upstream allows the connection to be reused.
     pub keep_alive: bool,
+    /// A Connection field names fields besides `close` and `keep-alive`.
+    pub connection_lists_fields: bool,
     pub len: usize,
 }
 
@@ -489,6 +508,7 @@ impl Default for ResponseHead {
             headers: Vec::new(),
             framing: Framing::Empty,
             keep_alive: true,
+            connection_lists_fields: false,
             len: 0,
         }
     }
@@ -540,6 +560,7 @@ pub fn parse_response(
     let mut te = None;
     let mut close = false;
     let mut keep_alive_token = false;
+    let mut lists_fields = false;
     for h in &head.headers {
         let name = h.name.get(buf);
         let value = h.value.get(buf);
@@ -558,11 +579,15 @@ pub fn parse_response(
             te = Some(value);
         } else if name.eq_ignore_ascii_case(b"connection") {
             for token in value.split(|&b| b == b',').map(trim) {
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+                let is_close = token.eq_ignore_ascii_case(b"close");
+                let is_keep_alive = token.eq_ignore_ascii_case(b"keep-alive");
+                close |= is_close;
+                keep_alive_token |= is_keep_alive;
+                lists_fields |= !is_close && !is_keep_alive && !token.is_empty();
             }
         }
     }
+    head.connection_lists_fields = lists_fields;
     head.keep_alive = match head.version {
         Version::Http11 => !close,
         Version::Http10 => keep_alive_token && !close,

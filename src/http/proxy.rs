@@ -26,7 +26,7 @@ use monoio::time::Instant;
 use super::body::{self, BodyError, Encode};
 use super::conn::{respond_error, Downstream, Next};
 use super::head::{
-    parse_response, trim, Framing, Method, Parse, RequestView, ResponseHead, Version,
+    parse_response, trim, Framing, Header, Method, Parse, RequestView, ResponseHead, Version,
 };
 use super::io::{read_into, write_all, write_gather, ReadError, Stream};
 use super::response::{push_field, push_ip, push_u64, RequestId};
@@ -34,6 +34,7 @@ use crate::error::GatewayError;
 use crate::observability::metrics::UpstreamErrorKind;
 use crate::routing::{ProxyAction, Route};
 use crate::security::HeaderPolicy;
+use crate::security::LengthMask;
 use crate::sys::Gather;
 use crate::upstream::{balancer, ConnectError, Endpoint, UpstreamConn};
 use crate::worker::{Snapshot, WorkerCtx};
@@ -516,14 +517,78 @@ const HOP_BY_HOP: [&[u8]; 7] = [
     b"upgrade",
 ];
 
+/// The `Connection` fields of a message, when the parser found that one
+/// of them names a field (a token other than `close` and `keep-alive`,
+/// which name none that is not hop-by-hop already): the common case costs
+/// no per-field scan.
+fn connection_fields<'a>(
+    lists_fields: bool,
+    headers: &'a [Header],
+    buf: &'a [u8],
+) -> Option<ConnectionFields<'a>> {
+    lists_fields.then_some(ConnectionFields { headers, buf })
+}
+
+#[derive(Clone, Copy)]
+struct ConnectionFields<'a> {
+    headers: &'a [Header],
+    buf: &'a [u8],
+}
+
+impl<'a> ConnectionFields<'a> {
+    fn tokens(self) -> impl Iterator<Item = &'a [u8]> {
+        self.headers
+            .iter()
+            .filter(move |h| h.name.get(self.buf).eq_ignore_ascii_case(b"connection"))
+            .flat_map(move |h| h.value.get(self.buf).split(|&b| b == b','))
+            .map(trim)
+            .filter(|t| !t.is_empty())
+    }
+}
+
 /// True when a field must not be forwarded: hop-by-hop, or named by a
 /// `Connection` field of the same message.
-fn is_hop_by_hop<'a>(name: &[u8], mut connection_values: impl Iterator<Item = &'a [u8]>) -> bool {
-    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
-        || connection_values.any(|v| {
-            v.split(|&b| b == b',')
-                .any(|t| trim(t).eq_ignore_ascii_case(name))
-        })
+fn is_hop_by_hop(name: &[u8], listed: Option<ConnectionFields<'_>>) -> bool {
+    const LENGTHS: LengthMask = LengthMask::of(&HOP_BY_HOP);
+    (LENGTHS.may_hold(name) && HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h)))
+        || listed.is_some_and(|l| l.tokens().any(|t| t.eq_ignore_ascii_case(name)))
+}
+
+/// Copies the field lines a head keeps, as they arrived, merging lines
+/// that follow each other in the source into one copy: a typical head
+/// becomes two or three copies instead of four per field.
+struct Lines<'a> {
+    buf: &'a [u8],
+    run: Option<std::ops::Range<usize>>,
+}
+
+impl<'a> Lines<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Lines { buf, run: None }
+    }
+
+    fn keep(&mut self, out: &mut Vec<u8>, h: &Header) {
+        let line = h.line();
+        match &mut self.run {
+            Some(run)
+                if run.end + 2 == line.start
+                    && self.buf.get(run.end..line.start) == Some(b"\r\n") =>
+            {
+                run.end = line.end;
+            }
+            _ => {
+                self.flush(out);
+                self.run = Some(line);
+            }
+        }
+    }
+
+    fn flush(&mut self, out: &mut Vec<u8>) {
+        if let Some(run) = self.run.take() {
+            out.extend_from_slice(&self.buf[run]);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
 }
 
 /// What the upstream request head is built from, besides the request itself.
@@ -650,9 +715,11 @@ pub fn render_request_head(out: &mut Vec<u8>, view: RequestView<'_>, up: &Upstre
             .filter(move |h| h.name.get(view.buf).eq_ignore_ascii_case(name))
             .map(|h| h.value.get(view.buf))
     };
+    let listed = connection_fields(view.head.connection_lists_fields, headers, view.buf);
+    let mut lines = Lines::new(view.buf);
     for h in headers {
         let name = h.name.get(view.buf);
-        if is_hop_by_hop(name, named(b"connection"))
+        if is_hop_by_hop(name, listed)
             || GATEWAY_SET_REQUEST
                 .iter()
                 .any(|n| name.eq_ignore_ascii_case(n))
@@ -662,17 +729,20 @@ pub fn render_request_head(out: &mut Vec<u8>, view: RequestView<'_>, up: &Upstre
             || up.strip.iter().any(|n| name.eq_ignore_ascii_case(n))
             || up.strip_always.iter().any(|n| name.eq_ignore_ascii_case(n))
         {
+            lines.flush(out);
             continue;
         }
         if let Some(c) = up
             .strip_cookie
             .filter(|_| name.eq_ignore_ascii_case(b"cookie"))
         {
+            lines.flush(out);
             push_cookie_without(out, h.value.get(view.buf), c);
             continue;
         }
-        push_field(out, name, h.value.get(view.buf));
+        lines.keep(out, h);
     }
+    lines.flush(out);
     out.extend_from_slice(up.identity);
     out.extend_from_slice(up.client_cert);
     if let Some(t) = up.traceparent {
@@ -735,31 +805,26 @@ fn copy_response_fields(
     policy: Option<&HeaderPolicy>,
     own_hsts: bool,
 ) {
-    let named = |name: &'static [u8]| {
-        resp.headers
-            .iter()
-            .filter(move |h| h.name.get(buf).eq_ignore_ascii_case(name))
-            .map(|h| h.value.get(buf))
-    };
+    let listed = connection_fields(resp.connection_lists_fields, &resp.headers, buf);
+    let mut lines = Lines::new(buf);
     for h in &resp.headers {
         let name = h.name.get(buf);
-        if is_hop_by_hop(name, named(b"connection"))
+        let is_length = name.eq_ignore_ascii_case(b"content-length");
+        let dropped = is_hop_by_hop(name, listed)
             || policy.is_some_and(|p| p.drops(name))
             || (own_hsts && name.eq_ignore_ascii_case(b"strict-transport-security"))
-        {
-            continue;
-        }
-        let is_length = name.eq_ignore_ascii_case(b"content-length");
-        if (is_length && !keep_length)
+            || (is_length && !keep_length)
             || (!is_length
                 && GATEWAY_SET_RESPONSE
                     .iter()
-                    .any(|n| name.eq_ignore_ascii_case(n)))
-        {
-            continue;
+                    .any(|n| name.eq_ignore_ascii_case(n)));
+        if dropped {
+            lines.flush(out);
+        } else {
+            lines.keep(out, h);
         }
-        push_field(out, name, h.value.get(buf));
     }
+    lines.flush(out);
 }
 
 /// Renders an interim (1xx) response for the client.
@@ -830,4 +895,42 @@ fn write_response_head<S: Stream>(
         (true, Version::Http11) => {}
     }
     out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn copied(raw: &[u8], keep_length: bool) -> String {
+        let mut head = ResponseHead::default();
+        assert_eq!(
+            parse_response(raw, 8192, false, &mut head).unwrap(),
+            Parse::Complete
+        );
+        let mut out = Vec::new();
+        copy_response_fields(&mut out, &head, raw, keep_length, None, false);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn kept_lines_are_copied_as_they_arrived() {
+        let raw = b"HTTP/1.1 200 OK\r\nServer: origin\r\nX-Empty:\r\nX-Pad:   v  \r\nContent-Length: 2\r\nConnection: keep-alive\r\nETag: \"e\"\r\nX-Request-Id: up\r\nVary: a\r\n\r\nok";
+        assert_eq!(
+            copied(raw, false),
+            "Server: origin\r\nX-Empty:\r\nX-Pad:   v\r\nETag: \"e\"\r\nVary: a\r\n"
+        );
+        assert_eq!(
+            copied(raw, true),
+            "Server: origin\r\nX-Empty:\r\nX-Pad:   v\r\nContent-Length: 2\r\nETag: \"e\"\r\nVary: a\r\n"
+        );
+    }
+
+    #[test]
+    fn fields_named_by_connection_are_dropped() {
+        let raw = b"HTTP/1.1 200 OK\r\nX-Hop: 1\r\nConnection: close, X-Hop\r\nX-End: 2\r\nx-hop: 3\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(copied(raw, false), "X-End: 2\r\n");
+        // Only close and keep-alive: nothing more is dropped.
+        let raw = b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive\r\nKeep-Alive: timeout=5\r\nX-A: 1\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(copied(raw, false), "X-A: 1\r\n");
+    }
 }

@@ -270,11 +270,7 @@ fn header_policy(
     } else {
         Vec::new()
     };
-    HeaderPolicy {
-        remove: remove.into(),
-        set: set.into(),
-        if_absent: if_absent.into(),
-    }
+    HeaderPolicy::new(remove.into(), set.into(), if_absent.into())
 }
 
 pub(super) fn route_policy(
