@@ -423,11 +423,11 @@ fn reload(
     let (installed, acks) = mpsc::sync_channel(handles.len());
     let sent = handles
         .iter()
-        .filter(|h| {
+        .map(|h| {
             h.control
                 .send_blocking(Control::Reload(new.clone(), installed.clone()))
-                .is_ok()
         })
+        .filter(Result::is_ok)
         .count();
     drop(installed);
     let deadline = std::time::Instant::now() + RELOAD_ACK_TIMEOUT;

@@ -517,18 +517,10 @@ const HOP_BY_HOP: [&[u8]; 7] = [
     b"upgrade",
 ];
 
-/// The `Connection` fields of a message, when the parser found that one
-/// of them names a field (a token other than `close` and `keep-alive`,
-/// which name none that is not hop-by-hop already): the common case costs
-/// no per-field scan.
-fn connection_fields<'a>(
-    lists_fields: bool,
-    headers: &'a [Header],
-    buf: &'a [u8],
-) -> Option<ConnectionFields<'a>> {
-    lists_fields.then_some(ConnectionFields { headers, buf })
-}
-
+/// The `Connection` fields of a message. Built only when the parser found
+/// that one of them names a field (a token other than `close` and
+/// `keep-alive`, which name none that is not hop-by-hop already), so the
+/// common case costs no per-field scan.
 #[derive(Clone, Copy)]
 struct ConnectionFields<'a> {
     headers: &'a [Header],
@@ -715,7 +707,13 @@ pub fn render_request_head(out: &mut Vec<u8>, view: RequestView<'_>, up: &Upstre
             .filter(move |h| h.name.get(view.buf).eq_ignore_ascii_case(name))
             .map(|h| h.value.get(view.buf))
     };
-    let listed = connection_fields(view.head.connection_lists_fields, headers, view.buf);
+    let listed = view
+        .head
+        .connection_lists_fields
+        .then_some(ConnectionFields {
+            headers,
+            buf: view.buf,
+        });
     let mut lines = Lines::new(view.buf);
     for h in headers {
         let name = h.name.get(view.buf);
@@ -805,7 +803,10 @@ fn copy_response_fields(
     policy: Option<&HeaderPolicy>,
     own_hsts: bool,
 ) {
-    let listed = connection_fields(resp.connection_lists_fields, &resp.headers, buf);
+    let listed = resp.connection_lists_fields.then_some(ConnectionFields {
+        headers: &resp.headers,
+        buf,
+    });
     let mut lines = Lines::new(buf);
     for h in &resp.headers {
         let name = h.name.get(buf);
