@@ -39,7 +39,7 @@ use crate::observability::access_log::field_str;
 use crate::routing::{Action, Route};
 use crate::security::client_ip::client_ip;
 use crate::security::path::{self, Anomalies, PathError};
-use crate::worker::{Accepted, BufferPool, ConnBuffers, DrainGuard, Snapshot, WorkerCtx};
+use crate::worker::{Accepted, ConnBuffers, DrainGuard, Snapshot, WorkerCtx};
 
 /// After an error response, how long unread client bytes are drained before
 /// closing, so the close does not turn into a reset that destroys the
@@ -237,7 +237,10 @@ pub async fn serve<S: Stream + Park>(conn: Accepted, stream: S, secure: Secure) 
     ctx.buffers.put(d.take_buffers());
 }
 
-/// The request loop of [`serve`].
+/// The request loop of [`serve`]. Between requests the connection waits
+/// here; each request then runs in one of the worker's stage slots
+/// (`worker::stage_slots`), so the task itself holds only what an idle
+/// connection needs.
 async fn serve_requests<S: Stream + Park>(
     ctx: &Rc<WorkerCtx>,
     d: &mut Downstream<S>,
@@ -245,54 +248,79 @@ async fn serve_requests<S: Stream + Park>(
     proxy_protocol: bool,
 ) {
     let drain = ctx.drain.register();
-    let parking = ctx.park_idle.then_some(&ctx.buffers);
     let mut deadline = Some(first_deadline);
     if proxy_protocol {
         // Within the first head's deadline; anything but a valid header
         // closes the connection unanswered.
         let Some(until) = deadline else { return };
-        if !read_proxy_header(d, until).await {
+        if !ctx.stage_slots.run(|| read_proxy_header(d, until)).await {
             return;
         }
     }
     loop {
-        let waiting = ctx.snapshot();
-        let outcome = read_head(d, &waiting.config, deadline, &drain, parking).await;
-        drop(waiting);
-        // Each request sees one snapshot from head to end of response: the
-        // newest at the time its head arrived, even on an old connection.
-        let snap = ctx.snapshot();
-        match outcome {
-            HeadOutcome::Ready => {}
-            HeadOutcome::Closed => return,
-            HeadOutcome::Error(err) => {
-                let id = ctx.request_ids.generate();
-                d.use_config(&snap.config);
-                render_error(
-                    &mut d.wbuf,
-                    err,
-                    &id,
-                    ConnHeader::Close,
-                    &[&d.gateway_fields],
-                );
-                d.rec.status = err.status();
-                d.rec.bytes_out = d.wbuf.len() as u64;
-                d.rec.bytes_in = d.rbuf.len().saturating_sub(d.start) as u64;
-                let written = write_all(&mut d.stream, &mut d.wbuf).await.is_ok();
-                finish(ctx, &snap, d, None, Method::Other, &id);
-                if written {
-                    linger_close(d).await;
-                }
+        // Between requests on a keep-alive connection, with nothing read
+        // ahead, wait for the next bytes without buffers (see
+        // `worker::buffers`).
+        if deadline.is_none() && ctx.park_idle && d.start >= d.rbuf.len() && d.stream.can_park() {
+            let wait = ctx.snapshot().config.timeouts.keepalive_idle;
+            if !park(d, ctx, wait, &drain).await {
                 return;
             }
         }
-        let next = exchange(ctx, &snap, d).await;
-        if next == Next::Close || ctx.drain.is_draining() {
-            let _ = d.stream.shutdown().await;
+        let next = ctx
+            .stage_slots
+            .run(|| request(ctx, d, deadline, &drain))
+            .await;
+        if next == Next::Close {
             return;
         }
         deadline = None;
     }
+}
+
+/// One request on the connection: its head, its stages and its log phase.
+async fn request<S: Stream>(
+    ctx: &WorkerCtx,
+    d: &mut Downstream<S>,
+    deadline: Option<Instant>,
+    drain: &DrainGuard<'_>,
+) -> Next {
+    let waiting = ctx.snapshot();
+    let outcome = read_head(d, &waiting.config, deadline, drain).await;
+    drop(waiting);
+    // Each request sees one snapshot from head to end of response: the
+    // newest at the time its head arrived, even on an old connection.
+    let snap = ctx.snapshot();
+    match outcome {
+        HeadOutcome::Ready => {}
+        HeadOutcome::Closed => return Next::Close,
+        HeadOutcome::Error(err) => {
+            let id = ctx.request_ids.generate();
+            d.use_config(&snap.config);
+            render_error(
+                &mut d.wbuf,
+                err,
+                &id,
+                ConnHeader::Close,
+                &[&d.gateway_fields],
+            );
+            d.rec.status = err.status();
+            d.rec.bytes_out = d.wbuf.len() as u64;
+            d.rec.bytes_in = d.rbuf.len().saturating_sub(d.start) as u64;
+            let written = write_all(&mut d.stream, &mut d.wbuf).await.is_ok();
+            finish(ctx, &snap, d, None, Method::Other, &id);
+            if written {
+                linger_close(d).await;
+            }
+            return Next::Close;
+        }
+    }
+    let next = exchange(ctx, &snap, d).await;
+    if next == Next::Close || ctx.drain.is_draining() {
+        let _ = d.stream.shutdown().await;
+        return Next::Close;
+    }
+    Next::KeepAlive
 }
 
 /// Reads the PROXY protocol header and takes its source as the peer.
@@ -313,15 +341,12 @@ async fn read_proxy_header<S: Stream>(d: &mut Downstream<S>, until: Instant) -> 
     }
 }
 
-/// Reads until a complete request head is at `d.start`. Between requests
-/// on a keep-alive connection, with `parking`, the connection waits for
-/// its next bytes without buffers (see `worker::buffers`).
-async fn read_head<S: Stream + Park>(
+/// Reads until a complete request head is at `d.start`.
+async fn read_head<S: Stream>(
     d: &mut Downstream<S>,
     cfg: &Config,
     mut deadline: Option<Instant>,
     drain: &DrainGuard<'_>,
-    parking: Option<&BufferPool>,
 ) -> HeadOutcome {
     let limits = &cfg.limits.head;
     d.rec.reset();
@@ -359,11 +384,6 @@ async fn read_head<S: Stream + Park>(
             Some(t) => t.saturating_duration_since(Instant::now()),
             None => cfg.timeouts.keepalive_idle,
         };
-        if let Some(pool) = parking.filter(|_| idle && deadline.is_none()) {
-            if d.stream.can_park() && !park(d, pool, wait, drain).await {
-                return HeadOutcome::Closed;
-            }
-        }
         let read = monoio::time::timeout(wait, read_into(&mut d.stream, &mut d.rbuf));
         let result = if idle {
             // Only an idle connection gives way to a drain; a request that has
@@ -385,22 +405,25 @@ async fn read_head<S: Stream + Park>(
 }
 
 /// Waits, without buffers, until an idle keep-alive connection has bytes
-/// to read. Returns `false` on idle timeout, error or drain. The buffers
-/// are back in place either way.
+/// to read. Returns `false` on idle timeout (`worker::idle_timers`), error
+/// or drain. The buffers are back in place either way.
 async fn park<S: Stream + Park>(
     d: &mut Downstream<S>,
-    pool: &BufferPool,
+    ctx: &WorkerCtx,
     wait: Duration,
     drain: &DrainGuard<'_>,
 ) -> bool {
+    let pool = &ctx.buffers;
     pool.put(d.take_buffers());
     d.stream.release(pool);
     let parked = pool.park();
-    let ready = monoio::time::timeout(wait, d.stream.readable());
+    let idle = ctx.idle_timers.start(wait);
     let woke = monoio::select! {
-        r = ready => matches!(r, Ok(Ok(()))),
+        r = d.stream.readable() => r.is_ok(),
+        _ = idle.expired() => false,
         _ = drain.wait() => false,
     };
+    drop(idle);
     drop(parked);
     d.stream.restore(pool);
     d.give_buffers(pool.take());

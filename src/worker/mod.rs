@@ -8,9 +8,14 @@
 //!
 //! - `drain.rs`: graceful-shutdown signal and per-worker connection slots.
 //! - `buffers.rs`: the pool idle keep-alive connections park their buffers in.
+//! - `idle_timers.rs`: the keep-alive deadlines of parked connections.
+//! - `stage_slots.rs`: the slots a connection's request stages run in, so
+//!   an idle connection's task stays small.
 
 mod buffers;
 mod drain;
+mod idle_timers;
+mod stage_slots;
 
 use std::cell::RefCell;
 use std::io;
@@ -26,6 +31,8 @@ use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
 pub use buffers::{BufferPool, ConnBuffers};
 pub use drain::{ConnSlots, Drain, DrainGuard};
+pub use idle_timers::IdleTimers;
+pub use stage_slots::StageSlots;
 
 use crate::config::{Config, DriverChoice, ListenerConfig};
 use crate::http::conn::serve;
@@ -110,6 +117,10 @@ pub struct WorkerCtx {
     /// (io_uring only: on epoll a buffer-less wait costs a poll(2) per
     /// request).
     pub park_idle: bool,
+    /// Keep-alive deadlines of parked connections.
+    pub idle_timers: IdleTimers,
+    /// Slots the connections' request stages run in.
+    pub stage_slots: StageSlots,
     /// The other workers and the cluster store, for rate-limit
     /// reconciliation.
     peers: RefCell<Peers>,
@@ -156,6 +167,8 @@ impl WorkerCtx {
             tls_failures: std::cell::Cell::new(0),
             buffers: BufferPool::default(),
             park_idle: matches!(driver, Driver::IoUring { .. }),
+            idle_timers: IdleTimers::default(),
+            stage_slots: StageSlots::default(),
             epoch: Instant::now(),
             gates,
         }
@@ -459,6 +472,12 @@ fn legacy_runtime() -> io::Result<monoio::Runtime<monoio::time::TimeDriver<Legac
     RuntimeBuilder::<LegacyDriver>::new().enable_timer().build()
 }
 
+/// Runs `fut` on a fresh epoll runtime with timers (unit tests).
+#[cfg(test)]
+fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    legacy_runtime().expect("runtime").block_on(fut)
+}
+
 /// The worker's main task: accept loops, control messages, drain.
 async fn run(
     ctx: Rc<WorkerCtx>,
@@ -489,6 +508,9 @@ async fn run(
     }
     if ctx.access_log.borrow().is_some() || ctx.audit_log.borrow().is_some() {
         monoio::spawn(flush_logs(ctx.clone()));
+    }
+    if ctx.park_idle {
+        monoio::spawn(sweep_idle(ctx.clone()));
     }
     let _ = started.send(Ok(driver));
 
@@ -565,6 +587,13 @@ async fn share_rate_limits(ctx: Rc<WorkerCtx>) {
             }
         }
     }
+}
+
+/// Closes parked keep-alive connections past their idle deadline, until
+/// the worker drains (which closes them anyway).
+async fn sweep_idle(ctx: Rc<WorkerCtx>) {
+    let drain = ctx.drain.register();
+    ctx.idle_timers.sweep(drain.wait()).await;
 }
 
 /// Hands partly filled log batches to the writer at the configured
