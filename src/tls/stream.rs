@@ -265,11 +265,20 @@ where
             self.rx_pos = 0;
             pool.put_record(std::mem::take(&mut self.rx));
         }
+        // Flushed: the outgoing buffer is as large as the largest write so
+        // far (a response's 32 KiB chunk, a certificate chain); the pool
+        // keeps a standard one and frees a grown one.
+        if self.tx.is_empty() {
+            pool.put_record(std::mem::take(&mut self.tx));
+        }
     }
 
     fn restore(&mut self, pool: &crate::worker::BufferPool) {
         if self.rx.capacity() == 0 {
             self.rx = pool.take_record();
+        }
+        if self.tx.capacity() == 0 {
+            self.tx = pool.take_record();
         }
     }
 }

@@ -4,7 +4,8 @@
 //! vectors a request is parsed into only while a request is on it. Between
 //! requests, on io_uring, a keep-alive connection waits for readability
 //! with a buffer-less poll and gives them back here, with its TLS
-//! ciphertext buffer if it has one; when its next request arrives it takes
+//! ciphertext buffers (incoming and outgoing) if it has them; when its next
+//! request arrives it takes
 //! them again. So a worker holds about as many sets as it has requests in
 //! progress, not as many as it has open connections.
 //!
