@@ -23,6 +23,12 @@
 //! 8. `jwt`: a bearer token found in the worker's verified-token cache
 //!    against a full verification (RS256, ES256, EdDSA, HS256): what the
 //!    cache saves on every request after a client's first.
+//! 9. `stage_slot`: running a request's stages (a future the size of
+//!    ringgate's, 3.8 KiB) in a slot of the worker's pool, which keeps idle
+//!    connections' tasks small without allocating per request, against
+//!    boxing the future per request (what a smaller task would otherwise
+//!    cost) and against polling it inline in the task (no allocation, but
+//!    every idle task carries its size).
 //!
 //! Run: `cargo bench --bench hot_path`. Results: docs/PERFORMANCE.md.
 
@@ -461,8 +467,44 @@ fn jwt(c: &mut Criterion) {
     g.finish();
 }
 
+/// A request's stages, as far as their size and a trivial body go: the
+/// future holds a 3.8 KiB state across an await, like ringgate's.
+async fn stages(n: u64) -> u64 {
+    let state = [n as u8; 3800];
+    std::future::ready(()).await;
+    black_box(&state)[0] as u64 + n
+}
+
+/// Polls `fut` once with a no-op waker; it completes on the first poll.
+fn poll_once<F: std::future::Future<Output = u64>>(fut: std::pin::Pin<&mut F>) -> u64 {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match fut.poll(&mut cx) {
+        std::task::Poll::Ready(v) => v,
+        std::task::Poll::Pending => unreachable!("completes at once"),
+    }
+}
+
+fn stage_slot(c: &mut Criterion) {
+    let mut g = c.benchmark_group("stage_slot");
+    let slots = ringgate::worker::StageSlots::default();
+    g.bench_function("pooled slot", |b| {
+        b.iter(|| {
+            let mut fut = slots.run(|| stages(black_box(7)));
+            poll_once(std::pin::Pin::new(&mut fut))
+        })
+    });
+    g.bench_function("naive: Box::pin per request", |b| {
+        b.iter(|| poll_once(Box::pin(stages(black_box(7))).as_mut()))
+    });
+    g.bench_function("inline in the task", |b| {
+        b.iter(|| poll_once(std::pin::pin!(stages(black_box(7)))))
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
+    stage_slot,
     jwt,
     parse,
     route,
