@@ -3,7 +3,7 @@
 //! A connection's task is one future. Between requests it only waits for
 //! the next bytes; while a request is on it, it runs the request's stages
 //! (read the head, filter, authenticate, proxy, stream the response), a
-//! future of about 3.5 KiB. Were the stages part of the task's own future,
+//! future of about 3.8 KiB. Were the stages part of the task's own future,
 //! every idle keep-alive connection would carry their size too, as an
 //! `async fn`'s future is as large as its largest state. Instead each
 //! request's stages run in a slot taken from this per-worker pool and given
@@ -26,7 +26,7 @@ use std::pin::Pin;
 use std::ptr::NonNull;
 use std::task::{Context, Poll};
 
-/// Slots kept for reuse, per layout (3.5 KiB each: under 1 MiB per worker).
+/// Slots kept for reuse, per layout (3.8 KiB each: under 1 MiB per worker).
 const MAX_POOLED: usize = 256;
 
 /// Free slots by layout; a worker runs one or two stage future types
