@@ -868,11 +868,7 @@ fn write_response_head<S: Stream>(
         Some(policy),
         !hsts.is_empty(),
     );
-    policy.render(out, |name| {
-        resp.headers
-            .iter()
-            .any(|h| h.name.get(up_buf).eq_ignore_ascii_case(name))
-    });
+    policy.render(out, resp.headers.iter().map(|h| h.name.get(up_buf)));
     out.extend_from_slice(hsts);
     out.extend_from_slice(&d.extra);
     match (resp.framing, encode) {

@@ -90,13 +90,20 @@ impl LengthMask {
 #[derive(Debug, Clone, Default)]
 pub struct HeaderPolicy {
     /// Removed from upstream responses.
-    pub remove: Box<[Box<[u8]>]>,
+    remove: Box<[Box<[u8]>]>,
     /// Replace any upstream value.
-    pub set: Box<[Field]>,
+    set: Box<[Field]>,
     /// Added when the upstream sent none (the default security set).
-    pub if_absent: Box<[Field]>,
+    if_absent: Box<[Field]>,
     /// The lengths of the names in `remove` and `set` (see `LengthMask`).
     dropped_lengths: LengthMask,
+    /// The lengths of the names in `if_absent`.
+    absent_lengths: LengthMask,
+    /// `set` and `if_absent` rendered as header lines at config load, so
+    /// the common response (the upstream sent none of the `if_absent`
+    /// fields) takes two copies instead of a field-by-field render.
+    set_lines: Box<[u8]>,
+    if_absent_lines: Box<[u8]>,
 }
 
 impl HeaderPolicy {
@@ -105,11 +112,25 @@ impl HeaderPolicy {
         for n in remove.iter().chain(set.iter().map(|(n, _)| n)) {
             dropped_lengths.add(n);
         }
+        let mut absent_lengths = LengthMask::default();
+        for (n, _) in if_absent.iter() {
+            absent_lengths.add(n);
+        }
+        let lines = |fields: &[Field]| {
+            let mut out = Vec::new();
+            for (n, v) in fields {
+                push_field(&mut out, n, v);
+            }
+            out.into_boxed_slice()
+        };
         HeaderPolicy {
+            set_lines: lines(&set),
+            if_absent_lines: lines(&if_absent),
             remove,
             set,
             if_absent,
             dropped_lengths,
+            absent_lengths,
         }
     }
 
@@ -120,14 +141,27 @@ impl HeaderPolicy {
                 || self.set.iter().any(|(n, _)| name.eq_ignore_ascii_case(n)))
     }
 
-    /// Renders `set` and the `if_absent` fields `present` does not report
-    /// into `out` as header lines.
-    pub fn render(&self, out: &mut Vec<u8>, present: impl Fn(&[u8]) -> bool) {
-        for (n, v) in self.set.iter() {
-            push_field(out, n, v);
+    /// Renders `set` and the `if_absent` fields not among `upstream` (the
+    /// names of the fields the upstream sent) into `out` as header lines.
+    pub fn render<'a, I>(&self, out: &mut Vec<u8>, upstream: I)
+    where
+        I: Iterator<Item = &'a [u8]> + Clone,
+    {
+        out.extend_from_slice(&self.set_lines);
+        let sent = |name: &[u8]| upstream.clone().any(|u| u.eq_ignore_ascii_case(name));
+        let shadows = |u: &[u8]| {
+            self.absent_lengths.may_hold(u)
+                && self
+                    .if_absent
+                    .iter()
+                    .any(|(n, _)| u.eq_ignore_ascii_case(n))
+        };
+        if !upstream.clone().any(shadows) {
+            out.extend_from_slice(&self.if_absent_lines);
+            return;
         }
         for (n, v) in self.if_absent.iter() {
-            if !present(n) {
+            if !sent(n) {
                 push_field(out, n, v);
             }
         }
@@ -177,5 +211,37 @@ mod length_mask_tests {
         assert!(!policy.drops(b"server-timing"));
         assert!(!policy.drops(b"vary"));
         assert!(!HeaderPolicy::default().drops(b"server"));
+    }
+
+    #[test]
+    fn renders_set_fields_and_the_defaults_the_upstream_did_not_send() {
+        let field = |n: &str, v: &str| -> Field { (n.as_bytes().into(), v.as_bytes().into()) };
+        let policy = HeaderPolicy::new(
+            Box::default(),
+            vec![field("cache-control", "no-store")].into(),
+            vec![
+                field("x-frame-options", "DENY"),
+                field("referrer-policy", "no-referrer"),
+            ]
+            .into(),
+        );
+        let render = |upstream: &[&str]| {
+            let mut out = Vec::new();
+            policy.render(&mut out, upstream.iter().map(|n| n.as_bytes()));
+            String::from_utf8(out).unwrap()
+        };
+        let all = "cache-control: no-store\r\nx-frame-options: DENY\r\n\
+                   referrer-policy: no-referrer\r\n";
+        assert_eq!(render(&[]), all);
+        // Same lengths as a default field, other names.
+        assert_eq!(render(&["content-type", "x-frame-option5"]), all);
+        assert_eq!(
+            render(&["Server", "X-Frame-Options"]),
+            "cache-control: no-store\r\nreferrer-policy: no-referrer\r\n"
+        );
+        assert_eq!(
+            render(&["referrer-POLICY", "x-frame-options"]),
+            "cache-control: no-store\r\n"
+        );
     }
 }

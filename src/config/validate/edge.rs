@@ -156,7 +156,7 @@ pub(super) fn security(
     let ip_filter = ip_filter(c, &p.key("ip_filter"), &raw.ip_filter, dir, watched);
     let headers = header_policy(c, &p.key("response_headers"), &raw.response_headers, None);
     let mut gateway_headers = Vec::new();
-    headers.render(&mut gateway_headers, |_| false);
+    headers.render(&mut gateway_headers, std::iter::empty());
     Security {
         trusted_proxies: IpSet::new(trusted),
         ip_filter,
