@@ -3,9 +3,7 @@
 //! metrics counters, latency histograms and access-log batches. Measured
 //! with the gateway's own per-worker allocation counters.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 /// Sum of the workers' allocation counters, from the admin listener.
 fn allocations(gw: &Gateway) -> u64 {

@@ -4,10 +4,8 @@
 //! scopes and groups, identity headers, and nothing reaching the upstream
 //! when a request is refused. Keys: tests/fixtures/auth (gen.sh made them).
 
-mod common;
-
+use crate::common::*;
 use base64::Engine as _;
-use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 

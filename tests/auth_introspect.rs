@@ -4,10 +4,8 @@
 //! `scope`, caches answers per worker (active and inactive), and answers
 //! 503 when the endpoint is down or too slow.
 
-mod common;
-
+use crate::common::*;
 use base64::Engine as _;
-use common::*;
 
 fn unix_now() -> u64 {
     std::time::SystemTime::now()

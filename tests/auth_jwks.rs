@@ -4,11 +4,9 @@
 //! new `kid` (without a restart), and keeps verifying with the last good
 //! keys when the provider goes down.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 
-use common::*;
+use crate::common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 

@@ -2,10 +2,8 @@
 //! hashed secrets get ES256 tokens that the gateway's own routes accept,
 //! errors follow RFC 6749 5.2, and the published JWKS verifies the tokens.
 
-mod common;
-
+use crate::common::*;
 use base64::Engine as _;
-use common::*;
 use serde_json::Value;
 
 fn fixture(name: &str) -> String {

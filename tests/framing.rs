@@ -2,9 +2,7 @@
 //! closed connection, the upstream never receives a request, and limits
 //! answer with their own statuses.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 fn setup(driver: &str, extra: &str) -> (Upstream, Gateway) {
     let up = Upstream::new(Reply::ok("reached"));

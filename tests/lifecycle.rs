@@ -1,12 +1,10 @@
 //! Timeouts, graceful shutdown, reload, the admin listener, connection
 //! limits and the command line.
 
-mod common;
-
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn slowloris_gets_408_within_the_head_timeout() {

@@ -1,12 +1,10 @@
 //! Metrics, latency reports, access and audit logs, trace context: the
 //! real gateway, real requests, then the admin endpoints and log files.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 /// Routes shared by the tests: `api` proxies, `health` answers itself.

@@ -1,8 +1,6 @@
 //! Forwarding and header rewriting through the real binary.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 fn gateway(driver: &str, up: &Upstream, extra_routes: &str) -> Gateway {
     Gateway::start(&config(

@@ -2,9 +2,7 @@
 //! whole gateway whichever core a connection lands on, the IETF fields, and
 //! independent keys.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 fn limited_config(up: &Upstream, policy: &str) -> String {
     config(

@@ -2,10 +2,8 @@
 //! enforce one limit, and a store that dies and returns is handled as
 //! `failure` says.
 
-mod common;
-
-use common::redis::Redis;
-use common::*;
+use crate::common::redis::Redis;
+use crate::common::*;
 
 fn cluster_config(up: &Upstream, redis: &Redis, failure: &str, policy: &str) -> String {
     config(

@@ -4,11 +4,9 @@
 //! policy, CORS and request validation. Refused requests must never reach
 //! the upstream.
 
-mod common;
-
 use std::io::Write as _;
 
-use common::*;
+use crate::common::*;
 
 fn two_routes(up: &Upstream, protected: &str) -> String {
     format!(

@@ -2,11 +2,9 @@
 //! both directions while the gateway's peak RSS stays flat, and idle
 //! keep-alive connections hold no buffers.
 
-mod common;
-
 use std::io::{BufRead, Read, Write};
 
-use common::*;
+use crate::common::*;
 
 const SIZE: u64 = 128 << 20;
 /// Peak resident memory the gateway may reach while moving SIZE bytes each way.

@@ -5,13 +5,11 @@
 //! dropped), HSTS, certificate reload without dropping connections, a
 //! broken certificate refused while the old one serves, handshake timeout.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::tls::*;
-use common::*;
+use crate::common::tls::*;
+use crate::common::*;
 
 fn any_server() -> ClientSetup {
     ClientSetup {

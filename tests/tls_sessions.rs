@@ -3,10 +3,8 @@
 //! verify only its signatures; sessions resumed with tickets whichever
 //! worker a connection lands on.
 
-mod common;
-
-use common::tls::*;
-use common::*;
+use crate::common::tls::*;
+use crate::common::*;
 
 fn two_keys_config(rsa: &Issued, ecdsa: &Issued, up: &Upstream) -> String {
     let mut text = config(

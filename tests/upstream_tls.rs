@@ -5,10 +5,8 @@
 //! reused; failures answered 502 and counted as `kind="tls"`;
 //! `insecure_skip_verify` warned about.
 
-mod common;
-
-use common::tls::*;
-use common::*;
+use crate::common::tls::*;
+use crate::common::*;
 
 #[test]
 fn upstream_tls_verifies_the_server_and_presents_the_gateway_certificate() {

@@ -1,11 +1,9 @@
 //! Load balancing, keep-alive pooling, passive health and upstream failures.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 
-use common::*;
+use crate::common::*;
 
 /// One worker, so per-worker balancer state gives exact distributions.
 fn one_worker(body: &str) -> Gateway {
