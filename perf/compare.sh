@@ -7,6 +7,7 @@
 #                   [--observability] [--baseline PATH-TO-RINGGATE-BINARY]
 #                   [--ip-list N] [--rate-limit] [--jwt RS256|ES256] [--tls]
 #                   [--upstream-tls] [--baseline-driver auto|io_uring|epoll]
+#                   [--everything]
 #
 # --observability adds the target ringgate-obs: the same build with the
 # access log on (to a file) besides the always-on metrics. --baseline adds
@@ -28,7 +29,15 @@
 # origin serve TLS 1.3 and every target connect to it over TLS, verifying
 # its certificate (a CA and a leaf for bench.test made for the run) from a
 # keep-alive pool, and runs "upsmall" and "up16k" (plain clients, small and
-# 16 KiB GETs, TLS between proxy and origin).
+# 16 KiB GETs, TLS between proxy and origin). --everything turns every
+# edge stage on at once: TLS 1.3 termination, an ES256 JWT on every request
+# (cached after the first), a per-client rate limit far above the load, a
+# deny list of 1,000 addresses (unless --ip-list says otherwise) and the
+# access log to a file, besides the always-on metrics, latency histograms
+# and security headers; it runs the scenario "everything" (small GETs with
+# the token over keep-alive TLS). Peers terminate TLS and get the same
+# header; --baseline with the same binary then measures ringgate with TLS
+# only, so the difference is the cost of the other stages.
 #
 # Layout (2 cores): every proxy runs ONE worker pinned to core 0; the origin
 # (nginx serving fixed bodies) and the load generator (wrk) are pinned to
@@ -54,7 +63,7 @@
 #                hard limit cannot hold them; the table says how many)
 #
 # Output: a markdown table on stdout and in perf/results/<time>/summary.md,
-# with every raw wrk output beside it.
+# with every raw wrk output and the configs that ran (configs/) beside it.
 set -euo pipefail
 
 REPS=3
@@ -71,6 +80,7 @@ RATE_LIMIT=0
 JWT_ALG=""
 TLS=0
 UPSTREAM_TLS=0
+EVERYTHING=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --observability) EXTRA="$EXTRA ringgate-obs"; shift ;;
@@ -79,6 +89,7 @@ while [ $# -gt 0 ]; do
     --jwt) JWT_ALG=$2; shift 2 ;;
     --tls) TLS=1; shift ;;
     --upstream-tls) UPSTREAM_TLS=1; shift ;;
+    --everything) EVERYTHING=1; shift ;;
     --baseline) BASELINE=$(realpath "$2"); EXTRA="$EXTRA ringgate-base"; shift 2 ;;
     --baseline-driver) BASE_DRIVER=$2; shift 2 ;;
     --no-latency) LATENCY=0; shift ;;
@@ -90,6 +101,11 @@ while [ $# -gt 0 ]; do
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
+
+if [ "$EVERYTHING" = 1 ]; then
+  TLS=1; RATE_LIMIT=1; JWT_ALG=${JWT_ALG:-ES256}
+  [ "$IP_LIST" -gt 0 ] || IP_LIST=1000
+fi
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT="$ROOT/perf/results/$(date -u +%Y%m%dT%H%M%SZ)"
@@ -211,6 +227,9 @@ sed -e "s/:$P_RINGGATE\"/:$P_RINGGATE_BASE\"/" "$WORK/ringgate.toml" > "$WORK/ri
 if [ -n "$BASE_DRIVER" ]; then
   sed -i -e "s/^pin_workers = false$/&\ndriver = \"$BASE_DRIVER\"/" "$WORK/ringgate-base.toml"
 fi
+# Adds a key to the route (the file's last table is the route until the
+# tables below are appended).
+route_key() { sed -i -e "s|^proxy = { cluster = \"origin\" }\$|&\n$1|" "$WORK/ringgate.toml"; }
 if [ -n "$JWT_ALG" ]; then
   case "$JWT_ALG" in
     RS256) key=rsa ;; ES256) key=ec256 ;;
@@ -237,9 +256,8 @@ if alg == "ES256":
 print(f"{head}.{body}.{b64(sig)}")
 PY
 )
-  # The file ends with the route: its key first, then the issuer table.
-  printf 'auth = { methods = ["jwt"] }
-[[auth.jwt]]
+  route_key 'auth = { methods = ["jwt"] }'
+  printf '[[auth.jwt]]
 name = "bench"
 algorithms = ["%s"]
 pem_files = [{ file = "%s" }]
@@ -249,8 +267,8 @@ pem_files = [{ file = "%s" }]
   SCENARIOS="jwt"
 fi
 if [ "$RATE_LIMIT" = 1 ]; then
-  # The file ends with the route: its key first, then the policy table.
-  printf 'rate_limits = ["bench"]\n[[rate_limit.policies]]\nname = "bench"\nrate = 100000000\nper = "1s"\nkey = ["client_ip"]\n' >> "$WORK/ringgate.toml"
+  route_key 'rate_limits = ["bench"]'
+  printf '[[rate_limit.policies]]\nname = "bench"\nrate = 100000000\nper = "1s"\nkey = ["client_ip"]\n' >> "$WORK/ringgate.toml"
 fi
 if [ "$IP_LIST" -gt 0 ]; then
   python3 -c "
@@ -302,6 +320,10 @@ fi
 # The same config with the access log on.
 sed -e "s/:$P_RINGGATE\"/:$P_RINGGATE_OBS\"/" "$WORK/ringgate.toml" > "$WORK/ringgate-obs.toml"
 printf '[access_log]\ndestination = "%s"\n' "$WORK/logs/access.log" >> "$WORK/ringgate-obs.toml"
+if [ "$EVERYTHING" = 1 ]; then
+  printf '[access_log]\ndestination = "%s"\n' "$WORK/logs/access-everything.log" >> "$WORK/ringgate.toml"
+  SCENARIOS="everything"
+fi
 cat > "$WORK/post.lua" <<EOF
 wrk.method = "POST"
 local f = io.open("$WORK/post64k.body", "rb"); wrk.body = f:read("*a"); f:close()
@@ -310,6 +332,10 @@ EOF
 cat > "$WORK/close.lua" <<'EOF'
 wrk.headers["Connection"] = "close"
 EOF
+
+# Keep the configs that ran beside the results.
+mkdir -p "$OUT/configs"
+cp "$WORK"/*.toml "$WORK/nginx.conf" "$WORK/haproxy.cfg" "$WORK/origin.conf" "$OUT/configs/"
 
 taskset -c 1 nginx -c "$WORK/origin.conf" &
 taskset -c 0 nginx -c "$WORK/nginx.conf" &
@@ -355,6 +381,7 @@ wrk_args() {
     post64k) echo "-s $WORK/post.lua /post" ;;
     newconn) echo "-s $WORK/close.lua /small" ;;
     jwt) echo "-s $WORK/jwt.lua /small" ;;
+    everything) echo "-s $WORK/jwt.lua /small" ;;
     tls) echo "/small" ;;
     tlsnew) echo "-s $WORK/close.lua /small" ;;
     upsmall) echo "/small" ;;
