@@ -7,7 +7,7 @@
 #                   [--observability] [--baseline PATH-TO-RINGGATE-BINARY]
 #                   [--ip-list N] [--rate-limit] [--jwt RS256|ES256] [--tls]
 #                   [--upstream-tls] [--baseline-driver auto|io_uring|epoll]
-#                   [--everything]
+#                   [--everything] [--floor]
 #
 # --observability adds the target ringgate-obs: the same build with the
 # access log on (to a file) besides the always-on metrics. --baseline adds
@@ -37,7 +37,11 @@
 # and security headers; it runs the scenario "everything" (small GETs with
 # the token over keep-alive TLS). Peers terminate TLS and get the same
 # header; --baseline with the same binary then measures ringgate with TLS
-# only, so the difference is the cost of the other stages.
+# only, so the difference is the cost of the other stages. --floor adds
+# the target floor: perf/floor, the least a keep-alive proxy on ringgate's
+# runtime and ring can do per request (two reads, two writes, no HTTP work
+# beyond framing), in the scenarios small, 16k and 1m; what ringgate spends
+# above it is its own work.
 #
 # Layout (2 cores): every proxy runs ONE worker pinned to core 0; the origin
 # (nginx serving fixed bodies) and the load generator (wrk) are pinned to
@@ -90,6 +94,7 @@ while [ $# -gt 0 ]; do
     --tls) TLS=1; shift ;;
     --upstream-tls) UPSTREAM_TLS=1; shift ;;
     --everything) EVERYTHING=1; shift ;;
+    --floor) EXTRA="$EXTRA floor"; shift ;;
     --baseline) BASELINE=$(realpath "$2"); EXTRA="$EXTRA ringgate-base"; shift 2 ;;
     --baseline-driver) BASE_DRIVER=$2; shift 2 ;;
     --no-latency) LATENCY=0; shift ;;
@@ -122,6 +127,7 @@ fi
 
 (cd "$ROOT" && cargo build --release --quiet)
 (cd "$ROOT/perf/loadgen" && cargo build --release --quiet)
+case "$EXTRA" in *floor*) (cd "$ROOT/perf/floor" && cargo build --release --quiet) ;; esac
 RINGGATE="$ROOT/target/release/ringgate"
 LOADGEN="$ROOT/perf/loadgen/target/release/ringgate-loadgen"
 # Idle client connections need descriptors: 10,000 where the hard limit
@@ -132,7 +138,7 @@ IDLE_CONNS=$(( $(ulimit -n) / 2 - 500 ))
 [ "$IDLE_CONNS" -gt 10000 ] && IDLE_CONNS=10000
 
 ORIGIN=18080; P_RINGGATE=18081; P_NGINX=18082; P_HAPROXY=18083
-P_RINGGATE_OBS=18084; P_RINGGATE_BASE=18085
+P_RINGGATE_OBS=18084; P_RINGGATE_BASE=18085; P_FLOOR=18086
 
 # ---- origin: nginx on core 1 serving fixed bodies
 mkdir -p "$WORK/www" "$WORK/logs"
@@ -345,6 +351,9 @@ ports="$ORIGIN $P_NGINX $P_HAPROXY $P_RINGGATE"
 case "$EXTRA" in *ringgate-obs*)
   taskset -c 0 "$RINGGATE" run -c "$WORK/ringgate-obs.toml" 2> "$WORK/logs/ringgate-obs.err" &
   ports="$ports $P_RINGGATE_OBS" ;; esac
+case "$EXTRA" in *floor*)
+  taskset -c 0 "$ROOT/perf/floor/target/release/ringgate-floor" "127.0.0.1:$P_FLOOR" "127.0.0.1:$ORIGIN" 2> "$WORK/logs/floor.err" &
+  ports="$ports $P_FLOOR" ;; esac
 case "$EXTRA" in *ringgate-base*)
   taskset -c 0 "$BASELINE" run -c "$WORK/ringgate-base.toml" 2> "$WORK/logs/ringgate-base.err" &
   ports="$ports $P_RINGGATE_BASE" ;; esac
@@ -361,6 +370,7 @@ pids_of() {
     nginx) pgrep -f "nginx: worker process" | while read -r p; do
              grep -q "$WORK/nginx.conf" "/proc/$(ps -o ppid= -p "$p" | tr -d ' ')/cmdline" 2>/dev/null && echo "$p"; done ;;
     haproxy) pgrep -f "$WORK/haproxy.cfg" ;;
+    floor) pgrep -f "ringgate-floor 127.0.0.1:$P_FLOOR" ;;
   esac
 }
 cpu_ticks() { local t=0; for p in $(pids_of "$1"); do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo $t; }
@@ -369,6 +379,7 @@ port_of() {
   case "$1" in
     ringgate) echo $P_RINGGATE ;; nginx) echo $P_NGINX ;; haproxy) echo $P_HAPROXY ;;
     ringgate-obs) echo $P_RINGGATE_OBS ;; ringgate-base) echo $P_RINGGATE_BASE ;;
+    floor) echo $P_FLOOR ;;
   esac
 }
 HZ=$(getconf CLK_TCK)
@@ -395,6 +406,10 @@ for scenario in $SCENARIOS; do
   conns=$CONNS; [ "$scenario" = 1m ] && conns=10
   for rep in $(seq "$REPS"); do
     for target in $TARGETS $EXTRA; do
+      # The floor forwards bodiless plain-HTTP GETs only.
+      if [ "$target" = floor ]; then
+        case "$scenario" in small|16k|1m) ;; *) continue ;; esac
+      fi
       read -r -a args <<< "$(wrk_args "$scenario")"
       path=${args[-1]}; unset 'args[-1]'
       scheme=http; [ "$TLS" = 1 ] && scheme=https
