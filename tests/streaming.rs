@@ -94,19 +94,13 @@ fn idle_keep_alive_connections_give_their_buffers_back() {
     for _ in 0..20 {
         assert_eq!(get(gw.main(), "/").status, 200);
     }
-    let before = gw.rss();
     // Plain sockets (one descriptor each), each after one request.
-    let mut idle = Vec::with_capacity(CONNS);
-    for _ in 0..CONNS {
+    let (per_conn, mut idle) = rss_per_idle_connection(&gw, CONNS, || {
         let mut s = std::net::TcpStream::connect(gw.main()).unwrap();
         s.set_read_timeout(Some(WAIT)).unwrap();
         one_request(&mut s);
-        idle.push(s);
-    }
-    wait_metric(&gw, |m| {
-        m.sum("ringgate_downstream_connections_idle", &[]) == CONNS as f64
+        s
     });
-    let per_conn = gw.rss().saturating_sub(before) / CONNS as u64;
     eprintln!("io_uring: {per_conn} bytes of RSS per idle keep-alive connection");
     assert!(
         per_conn < PER_CONN_CAP,

@@ -82,17 +82,11 @@ fn idle_tls_connections_give_their_ciphertext_buffers_back() {
     for _ in 0..20 {
         get(&mut TlsClient::connect(gw.main(), "api.test", trusted.clone()).unwrap());
     }
-    let before = gw.rss();
-    let mut idle = Vec::with_capacity(CONNS);
-    for _ in 0..CONNS {
+    let (per_conn, mut idle) = rss_per_idle_connection(&gw, CONNS, || {
         let mut c = TlsClient::connect(gw.main(), "api.test", trusted.clone()).unwrap();
         get(&mut c);
-        idle.push(c);
-    }
-    wait_metric(&gw, |m| {
-        m.sum("ringgate_downstream_connections_idle", &[]) == CONNS as f64
+        c
     });
-    let per_conn = gw.rss().saturating_sub(before) / CONNS as u64;
     eprintln!("{per_conn} bytes of RSS per idle TLS connection");
     assert!(
         per_conn < PER_CONN_CAP,

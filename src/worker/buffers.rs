@@ -5,9 +5,9 @@
 //! requests, on io_uring, a keep-alive connection waits for readability
 //! with a buffer-less poll and gives them back here, with its TLS
 //! ciphertext buffers (incoming and outgoing) if it has them; when its next
-//! request arrives it takes
-//! them again. So a worker holds about as many sets as it has requests in
-//! progress, not as many as it has open connections.
+//! request arrives it takes them again. So a worker holds about as many
+//! sets as it has requests in progress, not as many as it has open
+//! connections.
 //!
 //! The pool lives on one worker and is touched only by its tasks: no lock.
 //! Taking and returning a set is a `Vec` pop and push; buffers are
