@@ -64,7 +64,8 @@
 #                .hgrm files and latency.svg with every target's curve
 #   idle         resident memory of each proxy holding 10,000 idle
 #                keep-alive client connections (fewer where the descriptor
-#                hard limit cannot hold them; the table says how many)
+#                hard limit cannot hold them; the table says how many),
+#                measured after they have been idle for 2 s
 #
 # Output: a markdown table on stdout and in perf/results/<time>/summary.md,
 # with every raw wrk output and the configs that ran (configs/) beside it.
@@ -561,6 +562,10 @@ time.sleep(600)
 PY
     holder=$!
     for _ in $(seq 1200); do [ -f "$OUT/idle.$target.ready" ] && break; sleep 0.1; done
+    # Idle for a while, as idle clients are: past ringgate's
+    # keepalive_park_after (1 s), so its connections have parked. Every
+    # target gets the same wait.
+    sleep 2
     after=$(rss)
     kill $holder 2>/dev/null || true
     wait $holder 2>/dev/null || true

@@ -77,36 +77,91 @@ fn large_uploads_and_downloads_stream_with_bounded_memory() {
     }
 }
 
-/// Between requests, on io_uring, a keep-alive connection waits without
-/// its read and write buffers and header vectors (20 KiB and more), so each
-/// idle client costs the gateway a few KiB: its task and socket state (the
-/// request stages run in pooled slots, `worker::stage_slots`).
+/// Idle connections for the two tests below.
+const CONNS: usize = 600;
+
+/// A gateway in front of an upstream answering `idle`, with
+/// `keepalive_park_after = hold`, its pools and upstream connections warm.
+fn idle_gateway(up: &Upstream, hold: &str) -> Gateway {
+    let gw = Gateway::start(&idle_config(up, hold));
+    for _ in 0..20 {
+        assert_eq!(get(gw.main(), "/").status, 200);
+    }
+    gw
+}
+
+fn idle_config(up: &Upstream, hold: &str) -> String {
+    let body = format!(
+        "[timeouts]\nkeepalive_park_after = \"{hold}\"\n{}{}",
+        cluster("c", &[up], ""),
+        route_all("c")
+    );
+    config("io_uring", &body)
+}
+
+/// A plain socket (one descriptor) after one request.
+fn idle_client(gw: &Gateway) -> std::net::TcpStream {
+    let mut s = std::net::TcpStream::connect(gw.main()).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    one_request(&mut s);
+    s
+}
+
+/// A parked keep-alive connection (io_uring) waits without its read and
+/// write buffers and header vectors (20 KiB and more), so each idle client
+/// costs the gateway a few KiB: its task and socket state (the request
+/// stages run in pooled slots, `worker::stage_slots`).
 #[test]
 fn idle_keep_alive_connections_give_their_buffers_back() {
-    const CONNS: usize = 600;
     /// Measured: about 2.8 KiB (6.3 KiB while the request stages were part
     /// of the connection's task). Holding the buffers costs 14 KiB and more.
     const PER_CONN_CAP: u64 = 4 << 10;
     let up = Upstream::new(Reply::ok("idle"));
-    let body = format!("{}{}", cluster("c", &[&up], ""), route_all("c"));
-    let gw = Gateway::start(&config("io_uring", &body));
-    // Both workers' pools and upstream connections are warm.
-    for _ in 0..20 {
-        assert_eq!(get(gw.main(), "/").status, 200);
-    }
-    // Plain sockets (one descriptor each), each after one request.
-    let (per_conn, mut idle) = rss_per_idle_connection(&gw, CONNS, || {
-        let mut s = std::net::TcpStream::connect(gw.main()).unwrap();
-        s.set_read_timeout(Some(WAIT)).unwrap();
-        one_request(&mut s);
-        s
-    });
-    eprintln!("io_uring: {per_conn} bytes of RSS per idle keep-alive connection");
+    // Parked at once: what a parked connection costs, without the hold's
+    // (next test).
+    let gw = idle_gateway(&up, "0s");
+    let (per_conn, mut idle) = rss_per_idle_connection(&gw, CONNS, CONNS, || idle_client(&gw));
+    eprintln!("io_uring: {per_conn} bytes of RSS per parked keep-alive connection");
     assert!(
         per_conn < PER_CONN_CAP,
-        "{per_conn} bytes per idle connection"
+        "{per_conn} bytes per parked connection"
     );
     // Every parked connection wakes for its next request.
+    for s in &mut idle {
+        one_request(s);
+    }
+}
+
+/// For `keepalive_park_after` an idle connection keeps a read armed with a
+/// 1 KiB hold buffer (and its stage slot) instead of parking; then it
+/// parks. The setting follows reloads; each wait reads it as it starts.
+#[test]
+fn idle_connections_hold_a_small_read_then_park() {
+    /// Measured: about 5 KiB: a parked connection's cost, the hold buffer,
+    /// the read's future and its canceller. Holding the read buffer itself
+    /// costs 16 KiB more.
+    const PER_CONN_CAP: u64 = 8 << 10;
+    let up = Upstream::new(Reply::ok("idle"));
+    let gw = idle_gateway(&up, "1h");
+    // None parks (were they parked, nearly all would be by now).
+    let (per_conn, mut idle) = rss_per_idle_connection(&gw, CONNS, 0, || idle_client(&gw));
+    eprintln!("io_uring: {per_conn} bytes of RSS per held keep-alive connection");
+    assert!(
+        per_conn < PER_CONN_CAP,
+        "{per_conn} bytes per held connection"
+    );
+
+    std::fs::write(&gw.config_path, idle_config(&up, "100ms")).unwrap();
+    gw.signal("HUP");
+    gw.wait_log("config reloaded");
+    // A request on each; then each holds for 100 ms and parks...
+    for s in &mut idle {
+        one_request(s);
+    }
+    wait_metric(&gw, |m| {
+        m.sum("ringgate_downstream_connections_idle", &[]) == CONNS as f64
+    });
+    // ...and wakes for its next request.
     for s in &mut idle {
         one_request(s);
     }

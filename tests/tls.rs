@@ -82,7 +82,7 @@ fn idle_tls_connections_give_their_ciphertext_buffers_back() {
     for _ in 0..20 {
         get(&mut TlsClient::connect(gw.main(), "api.test", trusted.clone()).unwrap());
     }
-    let (per_conn, mut idle) = rss_per_idle_connection(&gw, CONNS, || {
+    let (per_conn, mut idle) = rss_per_idle_connection(&gw, CONNS, CONNS, || {
         let mut c = TlsClient::connect(gw.main(), "api.test", trusted.clone()).unwrap();
         get(&mut c);
         c

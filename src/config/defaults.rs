@@ -14,6 +14,9 @@ pub const REQUEST_HEAD: StdDuration = StdDuration::from_secs(10);
 pub const REQUEST_BODY_IDLE: StdDuration = StdDuration::from_secs(30);
 /// How long an idle downstream keep-alive connection is kept open.
 pub const KEEPALIVE_IDLE: StdDuration = StdDuration::from_secs(60);
+/// How long an idle keep-alive connection keeps its read armed before it
+/// parks (see `http::conn`).
+pub const KEEPALIVE_PARK_AFTER: StdDuration = StdDuration::from_secs(1);
 /// Upstream TCP connect.
 pub const UPSTREAM_CONNECT: StdDuration = StdDuration::from_secs(3);
 /// From the end of the request to the complete upstream response head.
@@ -116,6 +119,9 @@ pub fn request_body_idle() -> Duration {
 }
 pub fn keepalive_idle() -> Duration {
     Duration(KEEPALIVE_IDLE)
+}
+pub fn keepalive_park_after() -> Duration {
+    Duration(KEEPALIVE_PARK_AFTER)
 }
 pub fn upstream_connect() -> Duration {
     Duration(UPSTREAM_CONNECT)

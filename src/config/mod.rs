@@ -80,6 +80,8 @@ pub struct Timeouts {
     pub request_head: Duration,
     pub request_body_idle: Duration,
     pub keepalive_idle: Duration,
+    /// Zero parks at once.
+    pub keepalive_park_after: Duration,
     pub upstream_connect: Duration,
     pub upstream_response_head: Duration,
     pub upstream_idle: Duration,

@@ -119,6 +119,8 @@ pub struct RawTimeouts {
     pub request_body_idle: Duration,
     #[serde(default = "d::keepalive_idle")]
     pub keepalive_idle: Duration,
+    #[serde(default = "d::keepalive_park_after")]
+    pub keepalive_park_after: Duration,
     #[serde(default = "d::upstream_connect")]
     pub upstream_connect: Duration,
     #[serde(default = "d::upstream_response_head")]
@@ -133,6 +135,7 @@ impl Default for RawTimeouts {
             request_head: d::request_head(),
             request_body_idle: d::request_body_idle(),
             keepalive_idle: d::keepalive_idle(),
+            keepalive_park_after: d::keepalive_park_after(),
             upstream_connect: d::upstream_connect(),
             upstream_response_head: d::upstream_response_head(),
             upstream_idle: d::upstream_idle(),

@@ -111,6 +111,7 @@ fn build(c: &mut Checker<'_>, raw: RawConfig, dir: &std::path::Path) -> Config {
         request_head: t.request_head.0,
         request_body_idle: t.request_body_idle.0,
         keepalive_idle: t.keepalive_idle.0,
+        keepalive_park_after: t.keepalive_park_after.0,
         upstream_connect: t.upstream_connect.0,
         upstream_response_head: t.upstream_response_head.0,
         upstream_idle: t.upstream_idle.0,

@@ -259,13 +259,11 @@ async fn serve_requests<S: Stream + Park>(
     }
     loop {
         // Between requests on a keep-alive connection, with nothing read
-        // ahead, wait for the next bytes without buffers (see
-        // `worker::buffers`).
-        if deadline.is_none() && ctx.park_idle && d.start >= d.rbuf.len() && d.stream.can_park() {
-            let wait = ctx.snapshot().config.timeouts.keepalive_idle;
-            if !park(d, ctx, wait, &drain).await {
-                return;
-            }
+        // ahead, wait for the next bytes: a while with the read armed, then
+        // without buffers (see `worker::buffers`).
+        let between = deadline.is_none() && d.start >= d.rbuf.len();
+        if between && ctx.park_idle && d.stream.can_park() && !wait_next(d, ctx, &drain).await {
+            return;
         }
         let next = ctx
             .stage_slots
@@ -404,29 +402,136 @@ async fn read_head<S: Stream>(
     }
 }
 
+/// Waits for an idle keep-alive connection's next request (io_uring only),
+/// its buffers back in the pool meanwhile (see `worker::buffers`).
+///
+/// For `keepalive_park_after` a read stays armed with a 1 KiB hold buffer:
+/// a request that comes in that time arrives with the read and costs no
+/// other operation. Then the read is cancelled, which returns the hold
+/// buffer (with any bytes that beat the cancellation), and the connection
+/// parks, waiting for readability without any buffer for the rest of
+/// `keepalive_idle`. Parking at once would cost every request a readiness
+/// poll before its read; keeping the read buffer lent (16 KiB) would cost
+/// that much memory per idle connection.
+///
+/// Returns `false` when the connection is to close: idle timeout, end of
+/// stream, error or drain. The buffers are back in place either way, with
+/// the bytes that came.
+async fn wait_next<S: Stream + Park>(
+    d: &mut Downstream<S>,
+    ctx: &WorkerCtx,
+    drain: &DrainGuard<'_>,
+) -> bool {
+    let (idle, armed) = {
+        let t = &ctx.snapshot().config.timeouts;
+        (
+            t.keepalive_idle,
+            t.keepalive_park_after.min(t.keepalive_idle),
+        )
+    };
+    let pool = &ctx.buffers;
+    pool.put(d.take_buffers());
+    d.stream.release(pool);
+    let quiet = armed.is_zero() || {
+        // In a stage slot: its read's future is larger than the rest of
+        // the connection's waiting state.
+        let stream = &mut d.stream;
+        match ctx
+            .stage_slots
+            .run(|| hold(stream, ctx, armed, drain))
+            .await
+        {
+            Held::Bytes(bytes) => {
+                take_buffers_back(d, pool);
+                d.stream.received(&bytes, &mut d.rbuf);
+                pool.put_hold(bytes);
+                return true;
+            }
+            Held::Quiet => true,
+            Held::Close => false,
+        }
+    };
+    let woke = quiet
+        && armed < idle
+        && !ctx.drain.is_draining()
+        && park(&d.stream, ctx, idle - armed, drain).await;
+    take_buffers_back(d, pool);
+    woke
+}
+
+/// Undoes [`wait_next`]'s lending of the buffers.
+fn take_buffers_back<S: Stream + Park>(d: &mut Downstream<S>, pool: &crate::worker::BufferPool) {
+    d.stream.restore(pool);
+    d.give_buffers(pool.take());
+}
+
+/// How a held read ended.
+enum Held {
+    /// The next bytes came (in this hold buffer).
+    Bytes(Vec<u8>),
+    /// Nothing came within the wait.
+    Quiet,
+    /// End of stream, an error or a drain.
+    Close,
+}
+
+/// Reads into a hold buffer for at most `wait`, or until a drain.
+async fn hold<S: Park>(
+    stream: &mut S,
+    ctx: &WorkerCtx,
+    wait: Duration,
+    drain: &DrainGuard<'_>,
+) -> Held {
+    let pool = &ctx.buffers;
+    let mut buf = pool.take_hold();
+    let mut canceller = pool.take_canceller();
+    let timer = ctx.idle_timers.start(wait);
+    let result = {
+        let mut read = std::pin::pin!(stream.read_held(&mut buf, canceller.handle()));
+        let came = monoio::select! {
+            r = &mut read => Some(r),
+            _ = timer.expired() => None,
+            _ = drain.wait() => None,
+        };
+        match came {
+            Some(r) => r,
+            None => {
+                // A cancelled canceller stays cancelled; its successor
+                // goes back to the pool.
+                canceller = canceller.cancel();
+                read.await
+            }
+        }
+    };
+    drop(timer);
+    pool.put_canceller(canceller);
+    let held = match result {
+        Ok(n) if n > 0 => return Held::Bytes(buf),
+        Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => Held::Quiet,
+        _ => Held::Close,
+    };
+    pool.put_hold(buf);
+    held
+}
+
 /// Waits, without buffers, until an idle keep-alive connection has bytes
 /// to read. Returns `false` on idle timeout (`worker::idle_timers`), error
-/// or drain. The buffers are back in place either way.
-async fn park<S: Stream + Park>(
-    d: &mut Downstream<S>,
+/// or drain.
+async fn park<S: Park>(
+    stream: &S,
     ctx: &WorkerCtx,
     wait: Duration,
     drain: &DrainGuard<'_>,
 ) -> bool {
-    let pool = &ctx.buffers;
-    pool.put(d.take_buffers());
-    d.stream.release(pool);
-    let parked = pool.park();
+    let parked = ctx.buffers.park();
     let idle = ctx.idle_timers.start(wait);
     let woke = monoio::select! {
-        r = d.stream.readable() => r.is_ok(),
+        r = stream.readable() => r.is_ok(),
         _ = idle.expired() => false,
         _ = drain.wait() => false,
     };
     drop(idle);
     drop(parked);
-    d.stream.restore(pool);
-    d.give_buffers(pool.take());
     woke
 }
 

@@ -11,7 +11,9 @@ use std::io;
 use std::time::Duration;
 
 use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent,
+};
 
 /// Any byte stream a connection runs over (TCP now, TLS later).
 pub trait Stream: AsyncReadRent + AsyncWriteRent {}
@@ -25,6 +27,22 @@ pub trait Park {
     fn can_park(&self) -> bool;
     /// Waits until the socket is readable (a buffer-less poll on io_uring).
     fn readable(&self) -> impl std::future::Future<Output = io::Result<()>>;
+    /// Reads the socket's next bytes into `buf`'s spare capacity, until
+    /// they come or `c` cancels the read. A read cancelled as its bytes
+    /// arrive returns them, so nothing is lost (unlike dropping a read in
+    /// flight). Returns 0 at end of stream and an `ECANCELED` error when
+    /// cancelled before any byte came.
+    fn read_held(
+        &mut self,
+        buf: &mut Vec<u8>,
+        c: CancelHandle,
+    ) -> impl std::future::Future<Output = io::Result<usize>>;
+    /// Takes socket bytes from [`Park::read_held`] as the stream's next
+    /// input (after [`Park::restore`]): for TCP they go into the read
+    /// buffer `rbuf`, for TLS into the ciphertext buffer.
+    fn received(&mut self, bytes: &[u8], rbuf: &mut Vec<u8>) {
+        rbuf.extend_from_slice(bytes);
+    }
     /// Gives buffers of the stream's own (TLS records) to the pool while
     /// parked.
     fn release(&mut self, _pool: &crate::worker::BufferPool) {}
@@ -42,6 +60,15 @@ impl Park for monoio::net::TcpStream {
         // read that follows wait with its buffer (parking is used on
         // io_uring only, where the flag is ignored).
         monoio::net::TcpStream::readable(self, false).await
+    }
+
+    async fn read_held(&mut self, buf: &mut Vec<u8>, c: CancelHandle) -> io::Result<usize> {
+        debug_assert!(buf.len() < buf.capacity());
+        let owned = std::mem::take(buf);
+        let len = owned.len();
+        let (res, slice) = self.cancelable_read(owned.slice_mut(len..), c).await;
+        *buf = slice.into_inner();
+        res
     }
 }
 
@@ -160,4 +187,86 @@ pub async fn write_gather<S: Stream>(
         }
     }
     (Ok(()), gather)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::Poll;
+
+    use monoio::io::Canceller;
+    use monoio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    /// A connected pair on loopback.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    /// Starts a held read, cancels it once it is queued for the ring's next
+    /// submission, and returns what the read then returns.
+    async fn cancel_queued(server: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+        let canceller = Canceller::new();
+        let mut read = pin!(server.read_held(buf, canceller.handle()));
+        let pending =
+            std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx).is_pending())).await;
+        assert!(pending, "the read waits for the ring");
+        let _ = canceller.cancel();
+        read.await
+    }
+
+    fn io_uring(test: impl Future<Output = ()>) {
+        monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .build()
+            .expect("io_uring runtime")
+            .block_on(test);
+    }
+
+    /// The race `wait_next` relies on: bytes that are there when a held
+    /// read is cancelled come back from the read. The read and the
+    /// cancellation enter the ring in one submission, the read first, so
+    /// the read completes with the waiting bytes and the cancellation finds
+    /// nothing to cancel. (A read future dropped instead loses them.)
+    #[test]
+    fn a_held_read_cancelled_as_bytes_arrive_returns_them() {
+        io_uring(async {
+            let (mut client, mut server) = pair().await;
+            let (r, _) = client.write_all(b"GET / HTTP/1.1\r\n\r\n").await;
+            r.unwrap();
+            server.readable(false).await.unwrap();
+
+            let mut buf = Vec::with_capacity(64);
+            let n = cancel_queued(&mut server, &mut buf)
+                .await
+                .expect("the waiting bytes");
+            assert_eq!(&buf[..n], b"GET / HTTP/1.1\r\n\r\n");
+        });
+    }
+
+    /// Cancelled with nothing to read: `ECANCELED`, the buffer comes back,
+    /// and the bytes sent later wait for the next read.
+    #[test]
+    fn a_held_read_cancelled_before_any_byte_gives_the_buffer_back() {
+        io_uring(async {
+            let (mut client, mut server) = pair().await;
+            let mut buf = Vec::with_capacity(64);
+            let err = cancel_queued(&mut server, &mut buf)
+                .await
+                .expect_err("cancelled");
+            assert_eq!(err.raw_os_error(), Some(libc::ECANCELED));
+            assert_eq!(buf.capacity(), 64, "the buffer is back");
+
+            let (r, _) = client.write_all(b"later").await;
+            r.unwrap();
+            let n = read_into(&mut server, &mut buf).await.unwrap();
+            assert_eq!(&buf[..n], b"later");
+        });
+    }
 }

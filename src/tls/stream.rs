@@ -259,6 +259,23 @@ where
         crate::http::io::Park::readable(&self.io).await
     }
 
+    async fn read_held(
+        &mut self,
+        buf: &mut Vec<u8>,
+        c: monoio::io::CancelHandle,
+    ) -> io::Result<usize> {
+        crate::http::io::Park::read_held(&mut self.io, buf, c).await
+    }
+
+    fn received(&mut self, bytes: &[u8], _rbuf: &mut Vec<u8>) {
+        // Drained (`can_park`): every earlier byte went to rustls, so
+        // these are the buffer's only ones; the next plaintext read hands
+        // them over without reading.
+        self.rx.clear();
+        self.rx_pos = 0;
+        self.rx.extend_from_slice(bytes);
+    }
+
     fn release(&mut self, pool: &crate::worker::BufferPool) {
         // Drained: every ciphertext byte went to rustls.
         if self.rx_pos == self.rx.len() {

@@ -2,12 +2,13 @@
 //!
 //! A connection needs its read buffer (16 KiB), write buffer and the
 //! vectors a request is parsed into only while a request is on it. Between
-//! requests, on io_uring, a keep-alive connection waits for readability
-//! with a buffer-less poll and gives them back here, with its TLS
-//! ciphertext buffers (incoming and outgoing) if it has them; when its next
-//! request arrives it takes them again. So a worker holds about as many
-//! sets as it has requests in progress, not as many as it has open
-//! connections.
+//! requests, on io_uring, a keep-alive connection gives them back here,
+//! with its TLS ciphertext buffers (incoming and outgoing) if it has them,
+//! and waits with a 1 KiB hold buffer lent to a read for
+//! `keepalive_park_after`, then parks: it waits for readability with a
+//! buffer-less poll and returns the hold buffer too. When its next request
+//! arrives it takes a set again. So a worker holds about as many sets as
+//! it has requests in progress, not as many as it has open connections.
 //!
 //! The pool lives on one worker and is touched only by its tasks: no lock.
 //! Taking and returning a set is a `Vec` pop and push; buffers are
@@ -15,6 +16,8 @@
 //! requests), and freed only when the pool is full.
 
 use std::cell::{Cell, RefCell};
+
+use monoio::io::Canceller;
 
 use crate::http::head::Header;
 use crate::tls::stream::READ_CHUNK;
@@ -29,6 +32,11 @@ pub const WRITE_BUF: usize = 4 * 1024;
 const FIELDS: usize = 32;
 /// Path bytes before the normalisation buffers grow.
 const PATH: usize = 256;
+/// Hold buffer: what a keep-alive connection's read between requests
+/// lends the kernel. A request head that fits (most do; nginx's
+/// `client_header_buffer_size` is 1 KiB too) arrives whole with that read;
+/// the rest of a longer one is read into the set's read buffer.
+pub const HOLD_BUF: usize = 1024;
 /// Sets kept for reuse (about 21.5 KiB each: 5.4 MiB per worker at most),
 /// and as many TLS record buffers (16.5 KiB each).
 const MAX_POOLED: usize = 256;
@@ -71,7 +79,11 @@ impl ConnBuffers {
 pub struct BufferPool {
     free: RefCell<Vec<ConnBuffers>>,
     /// Ciphertext read buffers of parked TLS connections.
-    records: RefCell<Vec<Vec<u8>>>,
+    records: Bytes<READ_CHUNK>,
+    /// Hold buffers of parked connections.
+    holds: Bytes<HOLD_BUF>,
+    /// Cancellers of held reads (each an `Rc` and a small set, reused).
+    cancellers: RefCell<Vec<Canceller>>,
     /// Connections waiting for a request without buffers.
     parked: Cell<u64>,
 }
@@ -102,19 +114,37 @@ impl BufferPool {
 
     /// An empty TLS ciphertext buffer.
     pub fn take_record(&self) -> Vec<u8> {
-        self.records
-            .borrow_mut()
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(READ_CHUNK))
+        self.records.take()
     }
 
     /// Returns a TLS ciphertext buffer; like [`BufferPool::put`], only
     /// standard ones are kept.
-    pub fn put_record(&self, mut buf: Vec<u8>) {
-        let mut records = self.records.borrow_mut();
-        if records.len() < MAX_POOLED && buf.capacity() == READ_CHUNK {
-            buf.clear();
-            records.push(buf);
+    pub fn put_record(&self, buf: Vec<u8>) {
+        self.records.put(buf);
+    }
+
+    /// An empty hold buffer.
+    pub fn take_hold(&self) -> Vec<u8> {
+        self.holds.take()
+    }
+
+    /// Returns a hold buffer (one lost to a cancelled read has no capacity
+    /// and is not kept).
+    pub fn put_hold(&self, buf: Vec<u8>) {
+        self.holds.put(buf);
+    }
+
+    /// A canceller for a held read.
+    pub fn take_canceller(&self) -> Canceller {
+        self.cancellers.borrow_mut().pop().unwrap_or_default()
+    }
+
+    /// Returns a canceller that cancelled nothing (or the fresh one
+    /// `Canceller::cancel` returned).
+    pub fn put_canceller(&self, c: Canceller) {
+        let mut cancellers = self.cancellers.borrow_mut();
+        if cancellers.len() < MAX_POOLED {
+            cancellers.push(c);
         }
     }
 
@@ -133,6 +163,28 @@ impl BufferPool {
     pub fn park(&self) -> Parked<'_> {
         self.parked.set(self.parked.get() + 1);
         Parked(self)
+    }
+}
+
+/// Byte buffers of capacity `CAP`, at most `MAX_POOLED` of them.
+#[derive(Default)]
+struct Bytes<const CAP: usize>(RefCell<Vec<Vec<u8>>>);
+
+impl<const CAP: usize> Bytes<CAP> {
+    fn take(&self) -> Vec<u8> {
+        self.0
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(CAP))
+    }
+
+    /// Keeps `buf` if it has the standard capacity and there is room.
+    fn put(&self, mut buf: Vec<u8>) {
+        let mut bufs = self.0.borrow_mut();
+        if bufs.len() < MAX_POOLED && buf.capacity() == CAP {
+            buf.clear();
+            bufs.push(buf);
+        }
     }
 }
 
@@ -178,10 +230,24 @@ mod tests {
         assert_eq!(again.as_ptr(), ptr);
         pool.put_record(Vec::new());
         assert_eq!(
-            pool.records.borrow().len(),
+            pool.records.0.borrow().len(),
             0,
             "a released-empty buffer is not kept"
         );
+    }
+
+    #[test]
+    fn hold_buffers_are_reused() {
+        let pool = BufferPool::default();
+        let mut hold = pool.take_hold();
+        assert_eq!(hold.capacity(), HOLD_BUF);
+        hold.extend_from_slice(b"GET /");
+        let ptr = hold.as_ptr();
+        pool.put_hold(hold);
+        let again = pool.take_hold();
+        assert_eq!((again.as_ptr(), again.len()), (ptr, 0));
+        pool.put_hold(Vec::new());
+        assert_eq!(pool.holds.0.borrow().len(), 0, "a lost buffer is not kept");
     }
 
     #[test]

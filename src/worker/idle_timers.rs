@@ -1,15 +1,16 @@
-//! Keep-alive idle deadlines of parked connections.
+//! Keep-alive idle deadlines of held and parked connections.
 //!
-//! A parked connection (see `buffers.rs`) waits at most `keepalive_idle`
-//! for its next request. Its deadline is an entry in this per-worker table
+//! A held connection (see `buffers.rs`) waits at most
+//! `keepalive_park_after` for its next request, a parked one the rest of
+//! `keepalive_idle`. Its deadline is an entry in this per-worker table
 //! rather than in the runtime's timer wheel, whose entries are cache-line
 //! padded for cross-thread use (about 0.5 KiB inside every waiting future,
 //! each registration a wheel insertion): an entry here is a slab slot of 40
-//! bytes, set and cleared once per park. One sweeper task per worker
+//! bytes, set and cleared once per wait. One sweeper task per worker
 //! ([`IdleTimers::sweep`]) walks the table every [`TICK`] while any
-//! connection is parked and wakes those past their deadline, so an idle
-//! connection closes between its deadline and one tick after it. With no
-//! connection parked the sweeper sleeps until the next one parks.
+//! connection waits and wakes those past their deadline, so a wait ends
+//! between its deadline and one tick after it. With no connection waiting
+//! the sweeper sleeps until the next one does.
 //!
 //! Single-threaded like the rest of the worker's state: no lock.
 
@@ -22,7 +23,7 @@ use std::time::Duration;
 use monoio::time::Instant;
 use slab::Slab;
 
-/// How often the sweeper checks deadlines while connections are parked.
+/// How often the sweeper checks deadlines while connections wait.
 pub const TICK: Duration = Duration::from_millis(100);
 
 struct Entry {

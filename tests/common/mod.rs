@@ -915,25 +915,27 @@ impl Metrics {
     }
 }
 
-/// Scrapes until `ok` holds, for figures that move off the request path
-/// (log writers, reconciliation, queues).
 /// Opens `count` client connections with `open` (each makes a request and
-/// stays open), waits until the gateway counts all of them idle, and
-/// returns how much the gateway's RSS grew per connection, with the
-/// connections (still open, for the caller to use again).
+/// stays open), waits until the gateway counts `parked` connections parked
+/// (`ringgate_downstream_connections_idle`), and returns how much the
+/// gateway's RSS grew per connection, with the connections (still open,
+/// for the caller to use again).
 pub fn rss_per_idle_connection<C>(
     gw: &Gateway,
     count: usize,
+    parked: usize,
     open: impl FnMut() -> C,
 ) -> (u64, Vec<C>) {
     let before = gw.rss();
     let idle: Vec<C> = std::iter::repeat_with(open).take(count).collect();
     wait_metric(gw, |m| {
-        m.sum("ringgate_downstream_connections_idle", &[]) == count as f64
+        m.sum("ringgate_downstream_connections_idle", &[]) == parked as f64
     });
     (gw.rss().saturating_sub(before) / count as u64, idle)
 }
 
+/// Scrapes until `ok` holds, for figures that move off the request path
+/// (log writers, reconciliation, queues).
 pub fn wait_metric(gw: &Gateway, ok: impl Fn(&Metrics) -> bool) -> Metrics {
     let deadline = Instant::now() + WAIT;
     loop {
