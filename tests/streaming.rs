@@ -150,6 +150,12 @@ fn idle_connections_hold_a_small_read_then_park() {
         per_conn < PER_CONN_CAP,
         "{per_conn} bytes per held connection"
     );
+    // A head longer than the hold buffer: its first KiB comes with the held
+    // read, the rest with the next.
+    let long = format!("X-Long: {}\r\n", "v".repeat(6000));
+    request_with(&mut idle[0], &long);
+    let seen = up.wait_requests(20 + CONNS + 1);
+    assert_eq!(seen[20 + CONNS].header("x-long").map(str::len), Some(6000));
 
     std::fs::write(&gw.config_path, idle_config(&up, "100ms")).unwrap();
     gw.signal("HUP");
@@ -169,7 +175,13 @@ fn idle_connections_hold_a_small_read_then_park() {
 
 /// `GET /` on `s`, reading until the whole reply (body `idle`) is in.
 fn one_request(s: &mut std::net::TcpStream) {
-    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    request_with(s, "");
+}
+
+/// `GET /` with `fields` (whole header lines) on `s`, as [`one_request`].
+fn request_with(s: &mut std::net::TcpStream, fields: &str) {
+    s.write_all(format!("GET / HTTP/1.1\r\nHost: t\r\n{fields}\r\n").as_bytes())
+        .unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     while !got.ends_with(b"\r\n\r\nidle") {
