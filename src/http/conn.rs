@@ -432,7 +432,15 @@ async fn wait_next<S: Stream + Park>(
     let pool = &ctx.buffers;
     pool.put(d.take_buffers());
     d.stream.release(pool);
-    let quiet = armed.is_zero() || {
+    // At most `MAX_HELD` connections of a worker hold a read; past that
+    // one parks at once, for all of `idle`.
+    let holding = if armed.is_zero() { None } else { pool.hold() };
+    let armed = if holding.is_some() {
+        armed
+    } else {
+        Duration::ZERO
+    };
+    let quiet = holding.is_none() || {
         // In a stage slot: its read's future is larger than the rest of
         // the connection's waiting state.
         let stream = &mut d.stream;
@@ -451,6 +459,7 @@ async fn wait_next<S: Stream + Park>(
             Held::Close => false,
         }
     };
+    drop(holding);
     let woke = quiet
         && armed < idle
         && !ctx.drain.is_draining()

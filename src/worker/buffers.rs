@@ -37,6 +37,11 @@ const PATH: usize = 256;
 /// `client_header_buffer_size` is 1 KiB too) arrives whole with that read;
 /// the rest of a longer one is read into the set's read buffer.
 pub const HOLD_BUF: usize = 1024;
+/// Connections holding a read at once, per worker; more idle connections
+/// park at once. Bounds what held connections take beyond the pools (about
+/// 1.8 KiB each: hold buffer, the read's future, its canceller) to under
+/// 2 MiB per worker, however many clients go quiet at the same time.
+pub const MAX_HELD: u64 = 1024;
 /// Sets kept for reuse (about 21.5 KiB each: 5.4 MiB per worker at most),
 /// and as many TLS record buffers (16.5 KiB each).
 const MAX_POOLED: usize = 256;
@@ -86,6 +91,8 @@ pub struct BufferPool {
     cancellers: RefCell<Vec<Canceller>>,
     /// Connections waiting for a request without buffers.
     parked: Cell<u64>,
+    /// Connections waiting for a request with a held read.
+    held: Cell<u64>,
 }
 
 impl BufferPool {
@@ -160,9 +167,14 @@ impl BufferPool {
     }
 
     /// Counts a connection as parked until the guard drops.
-    pub fn park(&self) -> Parked<'_> {
-        self.parked.set(self.parked.get() + 1);
-        Parked(self)
+    pub fn park(&self) -> Counted<'_> {
+        Counted::new(&self.parked)
+    }
+
+    /// Counts a connection as holding a read until the guard drops; `None`
+    /// when [`MAX_HELD`] connections already do (it parks at once then).
+    pub fn hold(&self) -> Option<Counted<'_>> {
+        (self.held.get() < MAX_HELD).then(|| Counted::new(&self.held))
     }
 }
 
@@ -188,12 +200,20 @@ impl<const CAP: usize> Bytes<CAP> {
     }
 }
 
-/// A parked connection; see [`BufferPool::park`].
-pub struct Parked<'a>(&'a BufferPool);
+/// A parked or holding connection, counted while the guard lives; see
+/// [`BufferPool::park`] and [`BufferPool::hold`].
+pub struct Counted<'a>(&'a Cell<u64>);
 
-impl Drop for Parked<'_> {
+impl<'a> Counted<'a> {
+    fn new(count: &'a Cell<u64>) -> Self {
+        count.set(count.get() + 1);
+        Counted(count)
+    }
+}
+
+impl Drop for Counted<'_> {
     fn drop(&mut self) {
-        self.0.parked.set(self.0.parked.get() - 1);
+        self.0.set(self.0.get() - 1);
     }
 }
 
@@ -258,6 +278,16 @@ mod tests {
             pool.put(set);
         }
         assert_eq!(pool.pooled(), MAX_POOLED);
+    }
+
+    #[test]
+    fn at_most_max_held_connections_hold_a_read() {
+        let pool = BufferPool::default();
+        let held: Vec<_> = (0..MAX_HELD).map_while(|_| pool.hold()).collect();
+        assert_eq!(held.len() as u64, MAX_HELD);
+        assert!(pool.hold().is_none(), "one more parks at once");
+        drop(held);
+        assert!(pool.hold().is_some(), "the guards gave their places back");
     }
 
     #[test]
