@@ -19,8 +19,9 @@ use monoio::io::{
 pub trait Stream: AsyncReadRent + AsyncWriteRent {}
 impl<T: AsyncReadRent + AsyncWriteRent> Stream for T {}
 
-/// A client stream that can wait for its next bytes without lending a
-/// buffer to the driver (see `worker::buffers`).
+/// A client stream that can wait for its next bytes without its buffers:
+/// with a small held read that can be cancelled without losing bytes, then
+/// without lending any buffer to the driver (see `worker::buffers`).
 pub trait Park {
     /// Everything received so far has been read, so readiness of the
     /// socket is the only way more can come.
