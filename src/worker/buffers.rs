@@ -85,7 +85,7 @@ pub struct BufferPool {
     free: RefCell<Vec<ConnBuffers>>,
     /// Ciphertext read buffers of parked TLS connections.
     records: Bytes<READ_CHUNK>,
-    /// Hold buffers of parked connections.
+    /// Buffers for held reads between requests.
     holds: Bytes<HOLD_BUF>,
     /// Cancellers of held reads (each an `Rc` and a small set, reused).
     cancellers: RefCell<Vec<Canceller>>,
@@ -135,8 +135,8 @@ impl BufferPool {
         self.holds.take()
     }
 
-    /// Returns a hold buffer (one lost to a cancelled read has no capacity
-    /// and is not kept).
+    /// Returns a hold buffer; like [`BufferPool::put`], only standard ones
+    /// are kept.
     pub fn put_hold(&self, buf: Vec<u8>) {
         self.holds.put(buf);
     }
