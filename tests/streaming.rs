@@ -145,6 +145,9 @@ fn idle_connections_hold_a_small_read_then_park() {
     let gw = idle_gateway(&up, "1h");
     // None parks (were they parked, nearly all would be by now).
     let (per_conn, mut idle) = rss_per_idle_connection(&gw, CONNS, 0, || idle_client(&gw));
+    wait_metric(&gw, |m| {
+        m.sum("ringgate_downstream_connections_held", &[]) == CONNS as f64
+    });
     eprintln!("io_uring: {per_conn} bytes of RSS per held keep-alive connection");
     assert!(
         per_conn < PER_CONN_CAP,
@@ -166,6 +169,7 @@ fn idle_connections_hold_a_small_read_then_park() {
     }
     wait_metric(&gw, |m| {
         m.sum("ringgate_downstream_connections_idle", &[]) == CONNS as f64
+            && m.sum("ringgate_downstream_connections_held", &[]) == 0.0
     });
     // ...and wakes for its next request.
     for s in &mut idle {

@@ -58,6 +58,9 @@ pub mod names {
     pub const DOWNSTREAM_CONNECTIONS: &str = "ringgate_downstream_connections";
     /// Gauge: keep-alive connections parked between requests, by `worker`.
     pub const DOWNSTREAM_IDLE: &str = "ringgate_downstream_connections_idle";
+    /// Gauge: keep-alive connections holding a read between requests, by
+    /// `worker`.
+    pub const DOWNSTREAM_HELD: &str = "ringgate_downstream_connections_held";
     /// Counter: requests handled, by `worker` (per-core balance).
     pub const WORKER_REQUESTS: &str = "ringgate_worker_requests_total";
     /// Gauge, always 1: the event loop each worker runs, by `worker`, `driver`.
@@ -425,6 +428,8 @@ pub struct WorkerReport {
     pub connections: u64,
     /// Keep-alive connections waiting for a request without buffers.
     pub idle_connections: u64,
+    /// Keep-alive connections waiting for a request with a held read.
+    pub held_connections: u64,
     pub requests: u64,
     pub rate_sync_received: u64,
     /// Verified-token cache lookups that found / did not find the token.
@@ -530,6 +535,10 @@ fn emit(reports: &[WorkerReport], process: &ProcessFigures) {
         names::DOWNSTREAM_IDLE,
         "Keep-alive connections waiting for their next request without buffers (io_uring)."
     );
+    describe_gauge!(
+        names::DOWNSTREAM_HELD,
+        "Keep-alive connections waiting for their next request with a 1 KiB read armed (io_uring)."
+    );
     describe_counter!(names::WORKER_REQUESTS, "Requests handled by each worker.");
     describe_gauge!(
         names::WORKER_DRIVER,
@@ -544,6 +553,7 @@ fn emit(reports: &[WorkerReport], process: &ProcessFigures) {
         let worker = w.worker.to_string();
         gauge!(names::DOWNSTREAM_CONNECTIONS, "worker" => worker.clone()).set(w.connections as f64);
         gauge!(names::DOWNSTREAM_IDLE, "worker" => worker.clone()).set(w.idle_connections as f64);
+        gauge!(names::DOWNSTREAM_HELD, "worker" => worker.clone()).set(w.held_connections as f64);
         counter!(names::WORKER_REQUESTS, "worker" => worker.clone()).absolute(w.requests);
         counter!(names::RATE_SYNC_RECEIVED, "worker" => worker.clone())
             .absolute(w.rate_sync_received);

@@ -166,6 +166,11 @@ impl BufferPool {
         self.parked.get()
     }
 
+    /// Connections currently holding a read.
+    pub fn held(&self) -> u64 {
+        self.held.get()
+    }
+
     /// Counts a connection as parked until the guard drops.
     pub fn park(&self) -> Counted<'_> {
         Counted::new(&self.parked)

@@ -231,6 +231,7 @@ impl WorkerCtx {
             driver: driver.name(),
             connections: self.conns.active() as u64,
             idle_connections: self.buffers.parked(),
+            held_connections: self.buffers.held(),
             requests: self.stats.requests.get(),
             rate_sync_received: self.limiter.received.get(),
             auth_cache: (self.auth.hits.get(), self.auth.misses.get()),
