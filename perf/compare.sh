@@ -41,7 +41,10 @@
 # the target floor: perf/floor, the least a keep-alive proxy on ringgate's
 # runtime and ring can do per request (two reads, two writes, no HTTP work
 # beyond framing), in the scenarios small, 16k and 1m; what ringgate spends
-# above it is its own work.
+# above it is its own work. It also adds floor-raw (perf/floor's second
+# binary): a forwarder that drives io_uring by hand with what monoio does
+# not offer (multishot receives into provided buffers, registered files),
+# the least any io_uring proxy could spend.
 #
 # Layout (2 cores): every proxy runs ONE worker pinned to core 0; the origin
 # (nginx serving fixed bodies) and the load generator (wrk) are pinned to
@@ -52,6 +55,7 @@
 #   rps          requests/s measured by wrk
 #   cpu_us/req   (utime+stime of the proxy processes) / requests: the most
 #                stable figure on a noisy machine; per-core capacity = 1e6/it
+#   user / sys   the same split into user and kernel time
 #   p50/p99 ms   wrk's latency percentiles (closed loop, for orientation only)
 #   conn/1k      upstream connections opened per 1000 requests (kernel
 #                TcpActiveOpens delta minus wrk's own connections)
@@ -95,7 +99,7 @@ while [ $# -gt 0 ]; do
     --tls) TLS=1; shift ;;
     --upstream-tls) UPSTREAM_TLS=1; shift ;;
     --everything) EVERYTHING=1; shift ;;
-    --floor) EXTRA="$EXTRA floor"; shift ;;
+    --floor) EXTRA="$EXTRA floor floor-raw"; shift ;;
     --baseline) BASELINE=$(realpath "$2"); EXTRA="$EXTRA ringgate-base"; shift 2 ;;
     --baseline-driver) BASE_DRIVER=$2; shift 2 ;;
     --no-latency) LATENCY=0; shift ;;
@@ -139,7 +143,7 @@ IDLE_CONNS=$(( $(ulimit -n) / 2 - 500 ))
 [ "$IDLE_CONNS" -gt 10000 ] && IDLE_CONNS=10000
 
 ORIGIN=18080; P_RINGGATE=18081; P_NGINX=18082; P_HAPROXY=18083
-P_RINGGATE_OBS=18084; P_RINGGATE_BASE=18085; P_FLOOR=18086
+P_RINGGATE_OBS=18084; P_RINGGATE_BASE=18085; P_FLOOR=18086; P_FLOOR_RAW=18087
 
 # ---- origin: nginx on core 1 serving fixed bodies
 mkdir -p "$WORK/www" "$WORK/logs"
@@ -354,7 +358,8 @@ case "$EXTRA" in *ringgate-obs*)
   ports="$ports $P_RINGGATE_OBS" ;; esac
 case "$EXTRA" in *floor*)
   taskset -c 0 "$ROOT/perf/floor/target/release/ringgate-floor" "127.0.0.1:$P_FLOOR" "127.0.0.1:$ORIGIN" 2> "$WORK/logs/floor.err" &
-  ports="$ports $P_FLOOR" ;; esac
+  taskset -c 0 "$ROOT/perf/floor/target/release/ringgate-floor-raw" "127.0.0.1:$P_FLOOR_RAW" "127.0.0.1:$ORIGIN" --fixed 2> "$WORK/logs/floor-raw.err" &
+  ports="$ports $P_FLOOR $P_FLOOR_RAW" ;; esac
 case "$EXTRA" in *ringgate-base*)
   taskset -c 0 "$BASELINE" run -c "$WORK/ringgate-base.toml" 2> "$WORK/logs/ringgate-base.err" &
   ports="$ports $P_RINGGATE_BASE" ;; esac
@@ -372,15 +377,24 @@ pids_of() {
              grep -q "$WORK/nginx.conf" "/proc/$(ps -o ppid= -p "$p" | tr -d ' ')/cmdline" 2>/dev/null && echo "$p"; done ;;
     haproxy) pgrep -f "$WORK/haproxy.cfg" ;;
     floor) pgrep -f "ringgate-floor 127.0.0.1:$P_FLOOR" ;;
+    floor-raw) pgrep -f "ringgate-floor-raw 127.0.0.1:$P_FLOOR_RAW" ;;
   esac
 }
-cpu_ticks() { local t=0; for p in $(pids_of "$1"); do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo $t; }
+# User and kernel clock ticks of a target's processes: "user sys".
+cpu_ticks() {
+  local u=0 k=0 pu pk
+  for p in $(pids_of "$1"); do
+    read -r pu pk < <(awk '{print $14, $15}' "/proc/$p/stat")
+    u=$((u + pu)); k=$((k + pk))
+  done
+  echo "$u $k"
+}
 active_opens() { awk '/^Tcp:/ { if (h) { print $6; exit } h=1 }' /proc/net/snmp; }
 port_of() {
   case "$1" in
     ringgate) echo $P_RINGGATE ;; nginx) echo $P_NGINX ;; haproxy) echo $P_HAPROXY ;;
     ringgate-obs) echo $P_RINGGATE_OBS ;; ringgate-base) echo $P_RINGGATE_BASE ;;
-    floor) echo $P_FLOOR ;;
+    floor) echo $P_FLOOR ;; floor-raw) echo $P_FLOOR_RAW ;;
   esac
 }
 HZ=$(getconf CLK_TCK)
@@ -402,13 +416,13 @@ wrk_args() {
 }
 
 TARGETS="ringgate nginx haproxy"
-echo "target scenario rep rps cpu_us_per_req p50_ms p99_ms conn_per_1k errors" > "$OUT/raw.tsv"
+echo "target scenario rep rps cpu_us_per_req p50_ms p99_ms conn_per_1k errors user_us_per_req sys_us_per_req" > "$OUT/raw.tsv"
 for scenario in $SCENARIOS; do
   conns=$CONNS; [ "$scenario" = 1m ] && conns=10
   for rep in $(seq "$REPS"); do
     for target in $TARGETS $EXTRA; do
       # The floor forwards bodiless plain-HTTP GETs only.
-      if [ "$target" = floor ]; then
+      if [ "${target#floor}" != "$target" ]; then
         case "$scenario" in small|16k|1m) ;; *) continue ;; esac
       fi
       read -r -a args <<< "$(wrk_args "$scenario")"
@@ -417,12 +431,12 @@ for scenario in $SCENARIOS; do
       url="$scheme://127.0.0.1:$(port_of "$target")$path"
       # warm-up: fill pools and caches
       taskset -c 1 wrk -t1 -c"$conns" -d1s "${args[@]}" "$url" > /dev/null
-      c0=$(cpu_ticks "$target"); o0=$(active_opens)
+      read -r u0 k0 < <(cpu_ticks "$target"); o0=$(active_opens)
       taskset -c 1 wrk -t1 -c"$conns" -d"${DURATION}s" --latency "${args[@]}" "$url" > "$OUT/$target.$scenario.$rep.txt"
-      c1=$(cpu_ticks "$target"); o1=$(active_opens)
-      python3 - "$OUT/$target.$scenario.$rep.txt" "$target" "$scenario" "$rep" $((c1 - c0)) "$HZ" $((o1 - o0)) "$conns" >> "$OUT/raw.tsv" <<'PY'
+      read -r u1 k1 < <(cpu_ticks "$target"); o1=$(active_opens)
+      python3 - "$OUT/$target.$scenario.$rep.txt" "$target" "$scenario" "$rep" $((u1 - u0)) $((k1 - k0)) "$HZ" $((o1 - o0)) "$conns" >> "$OUT/raw.tsv" <<'PY'
 import re, sys
-path, target, scenario, rep, ticks, hz, opens, conns = sys.argv[1:]
+path, target, scenario, rep, uticks, kticks, hz, opens, conns = sys.argv[1:]
 text = open(path).read()
 req = int(re.search(r"(\d+) requests in", text).group(1))
 secs = float(re.search(r"requests in ([\d.]+)(m?s)", text).group(1))
@@ -435,11 +449,12 @@ def ms(label):
 errs = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", text))
 m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 errs += int(m.group(1)) if m else 0
-cpu_us = int(ticks) * 1e6 / int(hz) / max(req, 1)
+per_req = lambda ticks: int(ticks) * 1e6 / int(hz) / max(req, 1)
+cpu_us, user_us, sys_us = per_req(int(uticks) + int(kticks)), per_req(uticks), per_req(kticks)
 # wrk opens `conns` connections per run, or one per request with Connection: close
 client_opens = req if scenario in ("newconn", "tlsnew") else int(conns)
 up_opens = max(int(opens) - client_opens, 0)
-print(f"{target} {scenario} {rep} {rps:.0f} {cpu_us:.2f} {ms('50'):.3f} {ms('99'):.3f} {up_opens * 1000 / max(req, 1):.2f} {errs}")
+print(f"{target} {scenario} {rep} {rps:.0f} {cpu_us:.2f} {ms('50'):.3f} {ms('99'):.3f} {up_opens * 1000 / max(req, 1):.2f} {errs} {user_us:.2f} {sys_us:.2f}")
 PY
     done
   done
@@ -449,12 +464,12 @@ python3 - "$OUT/raw.tsv" <<'PY' | tee "$OUT/summary.md"
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1]).read().splitlines()[1:]]
 by = {}
-for t, s, rep, rps, cpu, p50, p99, conn, err in rows:
-    by.setdefault((s, t), []).append((float(rps), float(cpu), float(p50), float(p99), float(conn), int(err)))
+for t, s, rep, rps, cpu, p50, p99, conn, err, user, kern in rows:
+    by.setdefault((s, t), []).append((float(rps), float(cpu), float(p50), float(p99), float(conn), int(err), float(user), float(kern)))
 scen = list(dict.fromkeys(r[1] for r in rows))
 targets = list(dict.fromkeys(r[0] for r in rows))
-print("| scenario | target | rps | rps vs nginx | CPU µs/req | CPU vs nginx | p50 ms | p99 ms | upstream conn/1k req | errors |")
-print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("| scenario | target | rps | rps vs nginx | CPU µs/req | CPU vs nginx | user / sys µs | p50 ms | p99 ms | upstream conn/1k req | errors |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 med = lambda v, i: statistics.median(x[i] for x in v)
 for s in scen:
     base = by.get((s, "nginx"))
@@ -463,7 +478,7 @@ for s in scen:
         rps, cpu = med(v, 0), med(v, 1)
         r_rps = rps / med(base, 0) if base else float("nan")
         r_cpu = cpu / med(base, 1) if base else float("nan")
-        print(f"| {s} | {t} | {rps:,.0f} | {r_rps:.2f} | {cpu:.1f} | {r_cpu:.2f} | {med(v,2):.3f} | {med(v,3):.3f} | {med(v,4):.1f} | {sum(x[5] for x in v)} |")
+        print(f"| {s} | {t} | {rps:,.0f} | {r_rps:.2f} | {cpu:.1f} | {r_cpu:.2f} | {med(v,6):.1f} / {med(v,7):.1f} | {med(v,2):.3f} | {med(v,3):.3f} | {med(v,4):.1f} | {sum(x[5] for x in v)} |")
 PY
 
 # ---- latency at a fixed rate, open loop
