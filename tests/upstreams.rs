@@ -304,6 +304,34 @@ fn hanging_upstream_is_504() {
     }
 }
 
+/// The response-head timeout runs from the end of the request: a body that
+/// arrives slower than the timeout is not a timeout. The request goes on a
+/// pooled connection, whose exchange counts as begun before the body.
+#[test]
+fn response_head_timeout_runs_from_the_end_of_the_body() {
+    let up = Upstream::new(Reply::ok("done"));
+    let body = format!(
+        "[timeouts]\nupstream_response_head = \"1s\"\n{}{}",
+        cluster("c", &[&up], ""),
+        route_all("c")
+    );
+    let gw = one_worker(&body);
+    let mut c = Client::connect(gw.main());
+    assert_eq!(c.request("GET / HTTP/1.1\r\nHost: x\r\n\r\n").status, 200);
+    c.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nab");
+    // The slow client the test is about, not a wait for the gateway.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    c.send(b"cd");
+    let r = c.read_response_to(false).expect("a response");
+    assert_eq!((r.status, r.text()), (200, "done".to_string()));
+    assert_eq!(
+        up.connections(),
+        1,
+        "the POST went on the pooled connection"
+    );
+    assert_eq!(up.requests()[1].body, b"abcd");
+}
+
 #[test]
 fn upstream_closing_without_response_is_502() {
     let up = Upstream::new(Reply::Close);

@@ -36,7 +36,7 @@ use crate::routing::{ProxyAction, Route};
 use crate::security::HeaderPolicy;
 use crate::security::LengthMask;
 use crate::sys::Gather;
-use crate::upstream::{balancer, ConnectError, Endpoint, UpstreamConn};
+use crate::upstream::{balancer, ConnectError, Endpoint, UpstreamStream};
 use crate::worker::{Snapshot, WorkerCtx};
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -157,14 +157,33 @@ pub async fn forward<S: Stream>(
     render_request_head(&mut d.wbuf, view, &upstream_head);
     d.consume_head();
 
-    let sent = Instant::now();
+    // The clock is read as rarely as the timings allow (a read costs about
+    // as much as parsing a header field): a pooled connection was taken
+    // just now, so the request counts as sent from then.
+    let sent = if reused { now } else { Instant::now() };
+    let mut attempt_at = sent;
     loop {
-        let result = attempt(ctx, snap, d, route, ep, &mut up, id).await;
-        d.rec.upstream = Some(sent.elapsed());
+        up.requests += 1;
+        up.buf.clear();
+        // One dispatch on the upstream stream's kind per attempt, rather
+        // than one per read and write: the exchange's futures then have
+        // the size of a plain socket's on plain connections, and moving
+        // them into place costs less.
+        let ubuf = &mut up.buf;
+        let result = match &mut up.stream {
+            UpstreamStream::Plain(s) => {
+                attempt(ctx, snap, d, route, ep, s, ubuf, attempt_at, id).await
+            }
+            UpstreamStream::Tls(s) => {
+                attempt(ctx, snap, d, route, ep, &mut **s, ubuf, attempt_at, id).await
+            }
+        };
+        let done = Instant::now();
+        d.rec.upstream = Some(done.saturating_duration_since(sent));
         match result {
             Ok((next, reusable)) => {
                 if reusable {
-                    ep.release(up, &cluster.config.pool);
+                    ep.release(up, &cluster.config.pool, done);
                 }
                 return next;
             }
@@ -176,6 +195,7 @@ pub async fn forward<S: Stream>(
                     Ok(conn) => {
                         up = conn;
                         reused = false;
+                        attempt_at = Instant::now();
                     }
                     Err(_) => {
                         cluster.stats.error(UpstreamErrorKind::Connect);
@@ -199,15 +219,20 @@ async fn fail<S: Stream>(d: &mut Downstream<S>, err: GatewayError, id: &RequestI
     respond_error(d, err, id, false).await
 }
 
-/// One try of the exchange on one upstream connection. `d.wbuf` holds the
-/// upstream request head. On success, also says whether `up` may be pooled.
-async fn attempt<S: Stream>(
+/// One try of the exchange on one upstream connection (its stream and its
+/// empty read buffer), begun at `began`. `d.wbuf` holds the upstream
+/// request head. On success, also says whether the connection may be
+/// pooled.
+#[allow(clippy::too_many_arguments)]
+async fn attempt<S: Stream, U: Stream>(
     ctx: &WorkerCtx,
     snap: &Snapshot,
     d: &mut Downstream<S>,
     route: &Route,
     ep: &Endpoint,
-    up: &mut UpstreamConn,
+    upstream: &mut U,
+    ubuf: &mut Vec<u8>,
+    began: Instant,
     id: &RequestId,
 ) -> Result<(Next, bool), Attempt> {
     let cfg = &snap.config;
@@ -216,17 +241,15 @@ async fn attempt<S: Stream>(
     let version = d.head.version;
     let head_request = d.head.method == Method::Head;
     let ep_stats = &ep.stats;
-    up.requests += 1;
-    up.buf.clear();
 
     // request head (wbuf keeps it until a response begins, for a retry)
-    if write_all(&mut up.stream, &mut d.wbuf).await.is_err() {
+    if write_all(upstream, &mut d.wbuf).await.is_err() {
         return Err(Attempt::Retry);
     }
 
     // request body: read whole already (JSON Schema routes), or streamed
     if d.buffered {
-        if write_all(&mut up.stream, &mut d.body).await.is_err() {
+        if write_all(upstream, &mut d.body).await.is_err() {
             ep.stats.error(UpstreamErrorKind::Reset);
             return Err(Attempt::Fail(fail(d, GatewayError::BadGateway, id).await));
         }
@@ -250,7 +273,7 @@ async fn attempt<S: Stream>(
         };
         let result = body::copy(
             &mut src,
-            &mut up.stream,
+            upstream,
             framing,
             encode,
             &mut d.scratch,
@@ -279,17 +302,25 @@ async fn attempt<S: Stream>(
         }
     }
 
-    // response head, skipping interim responses
+    // response head, skipping interim responses; its timeout runs from
+    // when the request was sent: when the attempt began, or now if a body
+    // followed the head
     let max_head = cfg.limits.head.max_header_bytes;
+    let mut deadline = if d.buffered || framing != Framing::Empty {
+        Instant::now()
+    } else {
+        began
+    } + t.upstream_response_head;
     // Once an interim response arrived the response has begun (and wbuf may
     // hold it): a dead connection is then an error, never a retry.
     let mut interim_seen = false;
     loop {
         match read_response_head(
-            up,
+            upstream,
+            ubuf,
             &mut d.response,
             head_request,
-            t.upstream_response_head,
+            deadline,
             max_head,
         )
         .await
@@ -320,7 +351,7 @@ async fn attempt<S: Stream>(
         }
         // 100 was answered by the gateway itself; other 1xx go to 1.1 clients.
         if status != 100 && version == Version::Http11 {
-            write_interim(&mut d.wbuf, &d.response, &up.buf);
+            write_interim(&mut d.wbuf, &d.response, ubuf);
             d.rec.bytes_out += d.wbuf.len() as u64;
             if write_all(&mut d.stream, &mut d.wbuf).await.is_err() {
                 return Err(Attempt::Fail(Next::Close));
@@ -328,7 +359,8 @@ async fn attempt<S: Stream>(
         }
         interim_seen = true;
         let len = d.response.len;
-        up.buf.drain(..len);
+        ubuf.drain(..len);
+        deadline = Instant::now() + t.upstream_response_head;
     }
 
     // response head to the client
@@ -341,7 +373,7 @@ async fn attempt<S: Stream>(
     let keep = d.head.keep_alive && encode != Encode::Raw && !ctx.drain.is_draining();
     write_response_head(
         d,
-        &up.buf,
+        ubuf,
         encode,
         keep,
         id,
@@ -355,7 +387,7 @@ async fn attempt<S: Stream>(
     // response that fits the upstream buffer.
     let with_head = match (resp_framing, encode) {
         (Framing::Length(n), Encode::Identity) => {
-            (up.buf.len() - up_start).min(usize::try_from(n).unwrap_or(usize::MAX))
+            (ubuf.len() - up_start).min(usize::try_from(n).unwrap_or(usize::MAX))
         }
         _ => 0,
     };
@@ -365,12 +397,12 @@ async fn attempt<S: Stream>(
     let gather = Gather::new(
         std::mem::take(&mut d.wbuf),
         0..head_len,
-        std::mem::take(&mut up.buf),
+        std::mem::take(ubuf),
         up_start..up_start + with_head,
         std::mem::take(&mut d.iov),
     );
     let (written, gather) = write_gather(&mut d.stream, gather).await;
-    (d.wbuf, up.buf, d.iov) = gather.into_parts();
+    (d.wbuf, *ubuf, d.iov) = gather.into_parts();
     if written.is_err() {
         return Err(Attempt::Fail(Next::Close));
     }
@@ -383,8 +415,8 @@ async fn attempt<S: Stream>(
 
     // response body
     let mut src = super::io::Inbound {
-        stream: &mut up.stream,
-        buf: &mut up.buf,
+        stream: upstream,
+        buf: ubuf,
         start: &mut up_start,
     };
     let result = body::copy(
@@ -420,9 +452,9 @@ async fn attempt<S: Stream>(
     d.rec.bytes_out += sent;
 
     let reusable =
-        d.response.keep_alive && resp_framing != Framing::UntilClose && up_start == up.buf.len();
+        d.response.keep_alive && resp_framing != Framing::UntilClose && up_start == ubuf.len();
     if reusable {
-        up.buf.clear();
+        ubuf.clear();
     }
     Ok((if keep { Next::KeepAlive } else { Next::Close }, reusable))
 }
@@ -460,29 +492,29 @@ impl RespError {
     }
 }
 
-/// Reads a complete response head into `up.buf` and parses it into `resp`.
-async fn read_response_head(
-    up: &mut UpstreamConn,
+/// Reads a complete response head into `buf` by `deadline` and parses it
+/// into `resp`.
+async fn read_response_head<U: Stream>(
+    upstream: &mut U,
+    buf: &mut Vec<u8>,
     resp: &mut ResponseHead,
     head_request: bool,
-    timeout: std::time::Duration,
+    deadline: Instant,
     max_head: usize,
 ) -> Result<(), RespError> {
-    let deadline = Instant::now() + timeout;
     loop {
-        if !up.buf.is_empty() {
-            match parse_response(&up.buf, max_head, head_request, resp) {
+        if !buf.is_empty() {
+            match parse_response(buf, max_head, head_request, resp) {
                 Ok(Parse::Complete) => return Ok(()),
                 Ok(Parse::Partial) => {}
                 Err(_) => return Err(RespError::Invalid),
             }
         }
-        let wait = deadline.saturating_duration_since(Instant::now());
-        match monoio::time::timeout(wait, read_into(&mut up.stream, &mut up.buf)).await {
-            Ok(Ok(0)) if up.buf.is_empty() => return Err(RespError::ClosedEarly),
+        match monoio::time::timeout_at(deadline, read_into(upstream, buf)).await {
+            Ok(Ok(0)) if buf.is_empty() => return Err(RespError::ClosedEarly),
             Ok(Ok(0)) => return Err(RespError::Truncated),
             Ok(Ok(_)) => {}
-            Ok(Err(e)) if up.buf.is_empty() && is_reset(&e) => return Err(RespError::ClosedEarly),
+            Ok(Err(e)) if buf.is_empty() && is_reset(&e) => return Err(RespError::ClosedEarly),
             Ok(Err(_)) => return Err(RespError::Io),
             Err(_) => return Err(RespError::TimedOut),
         }

@@ -235,8 +235,9 @@ impl Endpoint {
         Ok(UpstreamStream::Tls(tls))
     }
 
-    /// Returns a connection after a complete exchange that allows reuse.
-    pub fn release(&self, mut conn: UpstreamConn, pool: &PoolConfig) {
+    /// Returns a connection after a complete exchange that allows reuse;
+    /// it is idle from `now`.
+    pub fn release(&self, mut conn: UpstreamConn, pool: &PoolConfig, now: Instant) {
         if conn.requests >= pool.max_requests || !conn.buf.is_empty() || !conn.stream.is_drained() {
             return;
         }
@@ -244,7 +245,7 @@ impl Endpoint {
         if idle.len() >= pool.max_idle as usize {
             return;
         }
-        conn.idle_since = Instant::now();
+        conn.idle_since = now;
         idle.push(conn);
     }
 
