@@ -30,7 +30,8 @@ pub struct Record {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub endpoint: Option<SocketAddr>,
-    /// Request written upstream to response complete.
+    /// Upstream exchange: pooled connection taken (or new one connected)
+    /// to response complete.
     pub upstream: Option<Duration>,
     /// `traceparent` generated for this request (`trace_context = "start"`).
     pub traceparent: Option<[u8; TRACEPARENT_LEN]>,

@@ -47,8 +47,9 @@ pub mod names {
     /// Histogram: request duration from the first head byte to the last
     /// response byte written, by `route`.
     pub const REQUEST_DURATION: &str = "ringgate_request_duration_seconds";
-    /// Histogram: time from writing the request upstream to the end of the
-    /// upstream response, by `route`.
+    /// Histogram: time from the start of the upstream exchange (a pooled
+    /// connection taken, or a new one connected) to the end of the upstream
+    /// response, by `route`.
     pub const UPSTREAM_DURATION: &str = "ringgate_upstream_duration_seconds";
     /// Counter: request bytes received from clients (head and body), by `route`.
     pub const REQUEST_BYTES: &str = "ringgate_request_bytes_total";
@@ -705,7 +706,7 @@ fn render_histograms(out: &mut String, routes: &BTreeMap<Arc<str>, RouteReport>)
         ),
         (
             names::UPSTREAM_DURATION,
-            "Upstream exchange duration, request written to response complete.",
+            "Upstream exchange duration, connection taken or opened to response complete.",
             |r: &RouteReport| (r.upstream.as_ref(), r.upstream_sum_us),
         ),
     ] {
