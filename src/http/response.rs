@@ -38,7 +38,8 @@ impl RequestId {
 /// Per-worker request id source: 16 hex digits that differ per worker and per
 /// process start, then a 16-hex-digit counter. Unique without coordination.
 pub struct RequestIds {
-    prefix: u64,
+    /// The prefix's digits, written once.
+    prefix: [u8; 16],
     next: Cell<u64>,
 }
 
@@ -48,8 +49,13 @@ impl RequestIds {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
         let seed = format!("{nanos}:{}:{worker}", std::process::id());
+        let mut prefix = [0u8; 16];
+        hex16(
+            &mut prefix,
+            crate::upstream::balancer::hash(seed.as_bytes()),
+        );
         Self {
-            prefix: crate::upstream::balancer::hash(seed.as_bytes()),
+            prefix,
             next: Cell::new(0),
         }
     }
@@ -58,7 +64,7 @@ impl RequestIds {
         let n = self.next.get();
         self.next.set(n.wrapping_add(1));
         let mut bytes = [0u8; MAX_REQUEST_ID];
-        hex16(&mut bytes[..16], self.prefix);
+        bytes[..16].copy_from_slice(&self.prefix);
         hex16(&mut bytes[16..32], n);
         RequestId { bytes, len: 32 }
     }
