@@ -210,6 +210,24 @@ fn close_delimited_upstream_body_is_chunked_for_11_clients() {
 }
 
 #[test]
+fn reason_phrase_with_obs_text_is_forwarded_without_it() {
+    // obs-text is allowed in a reason phrase (RFC 9112 4); the gateway
+    // drops the phrase rather than pass on bytes it does not read.
+    let up = Upstream::new(Reply::Raw(
+        b"HTTP/1.1 200 D\xe9j\xe0 vu\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+    ));
+    let gw = Gateway::start(&config(
+        "io_uring",
+        &format!("{}{}", cluster("c", &[&up], ""), route_all("c")),
+    ));
+    let mut c = Client::connect(gw.main());
+    for _ in 0..2 {
+        let r = c.request("GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    }
+}
+
+#[test]
 fn invalid_upstream_responses_are_502() {
     for raw in [
         &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\nok"[..],

@@ -544,7 +544,12 @@ pub fn parse_response(
     };
     let base = buf.as_ptr();
     head.status = res.code.unwrap_or(0);
-    head.reason = Span::of(base, res.reason.unwrap_or("").as_bytes());
+    // A reason phrase with obs-text comes back as "", a string outside
+    // `buf`: it is dropped (the status line stays valid without one).
+    head.reason = match res.reason {
+        Some(r) if !r.is_empty() => Span::of(base, r.as_bytes()),
+        _ => Span::default(),
+    };
     head.version = if res.version == Some(0) {
         Version::Http10
     } else {

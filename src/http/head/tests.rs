@@ -191,3 +191,18 @@ fn response_framing() {
     .is_err());
     assert!(response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false).is_err());
 }
+
+#[test]
+fn response_reason_with_obs_text_is_dropped() {
+    // httparse reports a reason phrase holding obs-text as "", a string
+    // outside the buffer: its span must still be one of the buffer's.
+    let raw = b"HTTP/1.1 200 D\xe9j\xe0 vu\r\nContent-Length: 2\r\n\r\nok";
+    let r = response(raw, false).unwrap();
+    assert_eq!((r.status, r.framing), (200, Framing::Length(2)));
+    assert_eq!(r.reason.get(raw), b"");
+    let r = response(b"HTTP/1.1 404 Not Found\r\n\r\n", false).unwrap();
+    assert_eq!(
+        r.reason.get(b"HTTP/1.1 404 Not Found\r\n\r\n"),
+        b"Not Found"
+    );
+}
