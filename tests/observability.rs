@@ -72,6 +72,10 @@ fn metrics_count_exactly_the_requests_sent() {
         drop(c);
 
         let m = scrape(&gw);
+        // Every path above ended without a panic.
+        let panics = "ringgate_connection_panics_total";
+        assert!(m.has(panics), "{}", m.text);
+        assert_eq!(m.sum(panics, &[]), 0.0);
         let req = "ringgate_requests_total";
         let api_get = [("route", "api"), ("method", "GET")];
         assert_eq!(

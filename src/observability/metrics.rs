@@ -114,6 +114,9 @@ pub mod names {
     /// Counter: TLS handshakes, by `worker` and `result` (`ok`, `error`:
     /// failed or timed out).
     pub const TLS_HANDSHAKES: &str = "ringgate_tls_handshakes_total";
+    /// Counter: connections closed because their task panicked (a bug:
+    /// the worker goes on serving), by `worker`.
+    pub const CONNECTION_PANICS: &str = "ringgate_connection_panics_total";
     /// Gauge: `notAfter` of each served certificate (seconds since the
     /// epoch), by `listener` and `certificate` (the configured file).
     pub const TLS_CERT_EXPIRY: &str = "ringgate_tls_certificate_expiry_timestamp_seconds";
@@ -437,6 +440,7 @@ pub struct WorkerReport {
     pub auth_cache: (u64, u64),
     /// TLS handshakes completed / failed (or timed out).
     pub tls_handshakes: (u64, u64),
+    pub connection_panics: u64,
     /// `(route, in flight, queued)` of concurrency-capped routes.
     pub gates: Vec<(Arc<str>, u64, u64)>,
     pub routes: Named<RouteReport>,
@@ -566,6 +570,8 @@ fn emit(reports: &[WorkerReport], process: &ProcessFigures) {
             .absolute(w.tls_handshakes.0);
         counter!(names::TLS_HANDSHAKES, "worker" => worker.clone(), "result" => "error")
             .absolute(w.tls_handshakes.1);
+        counter!(names::CONNECTION_PANICS, "worker" => worker.clone())
+            .absolute(w.connection_panics);
         gauge!(names::WORKER_DRIVER, "worker" => worker.clone(), "driver" => w.driver).set(1.0);
         for e in &w.endpoints {
             gauge!(names::ENDPOINT_HEALTHY, "cluster" => e.cluster.to_string(), "endpoint" => e.address.to_string(), "worker" => worker.clone())
@@ -648,6 +654,10 @@ fn emit(reports: &[WorkerReport], process: &ProcessFigures) {
         gauge!(names::JWKS_KEYS, "issuer" => issuer.clone()).set(*keys as f64);
     }
     describe_counter!(names::TLS_HANDSHAKES, "TLS handshakes by result.");
+    describe_counter!(
+        names::CONNECTION_PANICS,
+        "Connections closed because their task panicked."
+    );
     describe_gauge!(
         names::TLS_CERT_EXPIRY,
         "notAfter of each served certificate, seconds since the epoch."

@@ -13,6 +13,7 @@
 //!   an idle connection's task stays small.
 
 mod buffers;
+mod contain;
 mod drain;
 mod idle_timers;
 mod stage_slots;
@@ -30,6 +31,7 @@ use monoio::time::Instant;
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
 pub use buffers::{BufferPool, ConnBuffers};
+pub use contain::Contained;
 pub use drain::{ConnSlots, Drain, DrainGuard};
 pub use idle_timers::IdleTimers;
 pub use stage_slots::StageSlots;
@@ -111,6 +113,8 @@ pub struct WorkerCtx {
     /// TLS handshakes completed / failed or timed out.
     pub tls_handshakes: std::cell::Cell<u64>,
     pub tls_failures: std::cell::Cell<u64>,
+    /// Connections ended by a panic in their task (see [`Contained`]).
+    pub panics: Rc<std::cell::Cell<u64>>,
     /// Downstream connection buffers, shared by this worker's connections.
     pub buffers: BufferPool,
     /// Idle keep-alive connections return their buffers to `buffers`
@@ -165,6 +169,7 @@ impl WorkerCtx {
             auth: crate::auth::AuthState::new(config.auth.cache_entries, trace_seed),
             tls_handshakes: std::cell::Cell::new(0),
             tls_failures: std::cell::Cell::new(0),
+            panics: Rc::default(),
             buffers: BufferPool::default(),
             park_idle: matches!(driver, Driver::IoUring { .. }),
             idle_timers: IdleTimers::default(),
@@ -236,6 +241,7 @@ impl WorkerCtx {
             rate_sync_received: self.limiter.received.get(),
             auth_cache: (self.auth.hits.get(), self.auth.misses.get()),
             tls_handshakes: (self.tls_handshakes.get(), self.tls_failures.get()),
+            connection_panics: self.panics.get(),
             routes,
             clusters,
             endpoints,
@@ -729,16 +735,17 @@ async fn accept_loop(
                     at: accepted_at,
                     proxy_protocol,
                 };
-                // The connection's future is the task itself (no wrapper that
-                // would hold it twice), and plain connections' tasks are not
-                // sized for a TLS session.
+                // The connection's future is the task itself, behind a
+                // panic boundary of its own size plus a pointer, and plain
+                // connections' tasks are not sized for a TLS session.
+                let panics = ctx.panics.clone();
                 match tls {
                     None => {
                         let plain = crate::http::conn::Secure::default();
-                        monoio::spawn(serve(conn, stream, plain));
+                        monoio::spawn(Contained::new(serve(conn, stream, plain), panics));
                     }
                     Some(tls) => {
-                        monoio::spawn(serve_tls(conn, stream, tls));
+                        monoio::spawn(Contained::new(serve_tls(conn, stream, tls), panics));
                     }
                 }
             }
