@@ -76,6 +76,41 @@ fn is_unreserved(b: u8) -> bool {
 
 const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 
+/// Bytes a path in normal form may hold: `/`, unreserved characters and
+/// sub-delimiters, `:` and `@` (RFC 3986 3.3). `%`, `\\`, controls and
+/// non-ASCII bytes need the full pass.
+const NORMAL: [bool; 256] = {
+    let mut t = [false; 256];
+    let ok = b"/-._~!$&'()*+,;=:@";
+    let mut i = 0;
+    while i < ok.len() {
+        t[ok[i] as usize] = true;
+        i += 1;
+    }
+    let mut b = 0;
+    while b < 256 {
+        t[b] = t[b] || (b as u8).is_ascii_alphanumeric();
+        b += 1;
+    }
+    t
+};
+
+/// Whether [`normalize`] would return `raw` unchanged and unflagged: it
+/// starts with `/`, needs no decoding, and no segment is empty or starts
+/// with a dot (so none is `.`, `..` or `..;x`). Most request paths are;
+/// they skip the decoding and segment passes.
+fn is_normal(raw: &[u8]) -> bool {
+    let mut prev = 0u8;
+    for (i, &b) in raw.iter().enumerate() {
+        let after_slash = i > 0 && prev == b'/';
+        if !NORMAL[usize::from(b)] || (after_slash && (b == b'/' || b == b'.')) {
+            return false;
+        }
+        prev = b;
+    }
+    raw.first() == Some(&b'/')
+}
+
 /// Normalises `raw` into `out`, using `scratch` as working space (both are
 /// cleared first; their capacity is reused across requests).
 ///
@@ -88,6 +123,15 @@ pub fn normalize(
 ) -> Result<Anomalies, PathError> {
     out.clear();
     scratch.clear();
+    if is_normal(raw) {
+        out.extend_from_slice(raw);
+        return Ok(Anomalies::default());
+    }
+    full_pass(raw, out, scratch)
+}
+
+/// [`normalize`]'s decoding and segment passes, into cleared buffers.
+fn full_pass(raw: &[u8], out: &mut Vec<u8>, scratch: &mut Vec<u8>) -> Result<Anomalies, PathError> {
     if raw == b"*" {
         out.push(b'*');
         return Ok(Anomalies::default());
@@ -228,6 +272,76 @@ mod tests {
         let (s, flags) = norm(p).unwrap();
         assert_eq!(flags, 0, "{p}");
         s
+    }
+
+    #[test]
+    fn paths_in_normal_form_take_the_fast_path_unchanged() {
+        for p in [
+            "/",
+            "/small",
+            "/a/b/",
+            "/v1/users/42;v=2",
+            "/f.json",
+            "/a-b_c~d!$&'()*+,=:@",
+        ] {
+            assert!(is_normal(p.as_bytes()), "{p}");
+            assert_eq!(ok(p), p);
+        }
+        for p in [
+            "",
+            "*",
+            "a",
+            "//a",
+            "/a//b",
+            "/.",
+            "/..",
+            "/a/.",
+            "/a/..",
+            "/.well-known",
+            "/..;x",
+            "/a%41",
+            "/a\\b",
+            "/caf\u{e9}",
+            "/a b",
+            "/a\tb",
+            "/a\u{7f}",
+        ] {
+            assert!(!is_normal(p.as_bytes()), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn the_fast_path_agrees_with_the_full_pass() {
+        // Every path of up to five bytes over an alphabet of the bytes
+        // that matter to either pass.
+        let alphabet = b"/.a;%2f\\";
+        let mut paths: Vec<Vec<u8>> = vec![Vec::new()];
+        let mut last = paths.clone();
+        for _ in 0..5 {
+            let next: Vec<Vec<u8>> = last
+                .iter()
+                .flat_map(|p| {
+                    alphabet.iter().map(move |&b| {
+                        let mut q = p.clone();
+                        q.push(b);
+                        q
+                    })
+                })
+                .collect();
+            paths.extend(next.iter().cloned());
+            last = next;
+        }
+        let mut fast = 0;
+        for p in &paths {
+            if is_normal(p) {
+                fast += 1;
+                let (mut out, mut scratch) = (Vec::new(), Vec::new());
+                let flags = full_pass(p, &mut out, &mut scratch);
+                assert_eq!(flags, Ok(Anomalies(0)), "{:?}", String::from_utf8_lossy(p));
+                assert_eq!(&out, p, "{:?}", String::from_utf8_lossy(p));
+            }
+        }
+        assert!(fast > 100, "{fast}");
     }
 
     #[test]
