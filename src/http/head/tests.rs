@@ -206,3 +206,71 @@ fn response_reason_with_obs_text_is_dropped() {
         b"Not Found"
     );
 }
+
+/// Mutations of valid heads (bytes replaced, inserted, removed, the head
+/// cut short) from a fixed seed: the parsers return, never panic, and
+/// every span of a complete head lies within the buffer it came from.
+#[test]
+fn mutated_heads_never_panic_and_spans_stay_in_the_buffer() {
+    let requests: [&[u8]; 3] = [
+        b"GET /a/b?x=1 HTTP/1.1\r\nHost: example.com\r\nX-Request-Id: abc\r\nConnection: keep-alive, x\r\n\r\n",
+        b"POST http://h:8080/p HTTP/1.0\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\nabc",
+        b"OPTIONS * HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+    ];
+    let responses: [&[u8]; 3] = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close, x\r\n\r\nok",
+        b"HTTP/1.0 304 Not Modified\r\nETag: \"x\"\r\n\r\n",
+        b"HTTP/1.1 101 Switching\r\nTransfer-Encoding: chunked\r\n\r\n",
+    ];
+    // Bytes that matter to the grammar, plus obs-text and controls.
+    let alphabet = b"\r\n \t:,/?%.0129aHT\x00\x7f\x80\xe9\xff";
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    let mut req = RequestHead::default();
+    let mut resp = ResponseHead::default();
+    for round in 0..200_000 {
+        let seeds = if round % 2 == 0 {
+            &requests
+        } else {
+            &responses
+        };
+        let mut raw = seeds[next(seeds.len())].to_vec();
+        for _ in 0..1 + next(4) {
+            let at = next(raw.len() + 1);
+            let b = alphabet[next(alphabet.len())];
+            match next(4) {
+                0 if at < raw.len() => raw[at] = b,
+                1 => raw.insert(at, b),
+                2 if at < raw.len() => {
+                    raw.remove(at);
+                }
+                _ => raw.truncate(at),
+            }
+        }
+        if round % 2 == 0 {
+            if let Ok(Parse::Complete) = parse_request(&raw, &LIMITS, &mut req) {
+                let v = RequestView {
+                    head: &req,
+                    buf: &raw,
+                };
+                let _ = (v.path(), v.query(), v.host(), req.method_span.get(&raw));
+                let _ = req.request_id.map(|s| s.get(&raw));
+                for h in &req.headers {
+                    let _ = (h.name.get(&raw), h.value.get(&raw), &raw[h.line()]);
+                }
+                assert!(req.len <= raw.len());
+            }
+        } else if let Ok(Parse::Complete) = parse_response(&raw, 4096, round % 3 == 0, &mut resp) {
+            let _ = resp.reason.get(&raw);
+            for h in &resp.headers {
+                let _ = (h.name.get(&raw), h.value.get(&raw), &raw[h.line()]);
+            }
+            assert!(resp.len <= raw.len());
+        }
+    }
+}
