@@ -176,6 +176,28 @@ fn pem_holds(pem: &[u8], der: &[u8]) -> bool {
 }
 
 #[test]
+fn a_tls_connection_closing_after_its_response_sends_close_notify() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "server");
+    let up = Upstream::named("ok");
+    let gw = Gateway::start(&tls_config(&pki, &up, ""));
+    let setup = ClientSetup {
+        ca: Some(pki.ca_der()),
+        tls12_only: false,
+        identity: None,
+    };
+    let mut c = TlsClient::connect(gw.main(), "api.test", client_config(&setup)).unwrap();
+    let (status, _, body) = c
+        .request("GET / HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    // A clean end: rustls reads close_notify as end of stream, and a bare
+    // TCP close as an error (a possible truncation).
+    let mut rest = Vec::new();
+    assert_eq!(c.tls.read_to_end(&mut rest).unwrap(), 0);
+}
+
+#[test]
 fn unknown_names_can_be_refused_and_tls_1_1_never_is_spoken() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path(), "server");

@@ -277,7 +277,7 @@ async fn serve_requests<S: Stream + Park>(
 }
 
 /// One request on the connection: its head, its stages and its log phase.
-async fn request<S: Stream>(
+async fn request<S: Stream + Park>(
     ctx: &WorkerCtx,
     d: &mut Downstream<S>,
     deadline: Option<Instant>,
@@ -315,7 +315,7 @@ async fn request<S: Stream>(
     }
     let next = exchange(ctx, &snap, d).await;
     if next == Next::Close || ctx.drain.is_draining() {
-        let _ = d.stream.shutdown().await;
+        d.stream.finish().await;
         return Next::Close;
     }
     Next::KeepAlive

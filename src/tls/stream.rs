@@ -290,6 +290,10 @@ where
         }
     }
 
+    async fn finish(&mut self) {
+        let _ = monoio::io::AsyncWriteRent::shutdown(self).await;
+    }
+
     fn restore(&mut self, pool: &crate::worker::BufferPool) {
         if self.rx.capacity() == 0 {
             self.rx = pool.take_record();
