@@ -77,7 +77,7 @@ fn is_unreserved(b: u8) -> bool {
 const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 
 /// Bytes a path in normal form may hold: `/`, unreserved characters and
-/// sub-delimiters, `:` and `@` (RFC 3986 3.3). `%`, `\\`, controls and
+/// sub-delimiters, `:` and `@` (RFC 3986 3.3). `%`, a backslash, controls and
 /// non-ASCII bytes need the full pass.
 const NORMAL: [bool; 256] = {
     let mut t = [false; 256];

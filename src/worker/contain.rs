@@ -3,8 +3,8 @@
 //! monoio does not catch panics: one that unwinds out of a task's poll
 //! unwinds out of the runtime and ends the worker thread, leaving every
 //! connection on the worker hanging. [`Contained`] catches it at the
-//! connection: the unwind drops the connection's state (its socket closes,
-//! its slots and counters are released by their `Drop`s), the task ends,
+//! connection: the task ends, the connection's state is dropped (its
+//! socket closes, its slots and counters are released by their `Drop`s),
 //! and the worker goes on serving its other connections. The panic hook
 //! has already written the message and location to stderr.
 //!
