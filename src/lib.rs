@@ -35,6 +35,8 @@ pub mod config;
 pub mod control;
 pub mod error;
 pub mod http;
+#[cfg(test)]
+mod mutate;
 pub mod observability;
 pub mod ratelimit;
 pub mod routing;

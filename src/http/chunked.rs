@@ -336,26 +336,11 @@ mod tests {
     fn mutated_bodies_decode_the_same_at_every_split() {
         let seed = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Sum: 1\r\n\r\nNEXT";
         let alphabet = b"\r\n \t;:=0159afAFx\x00\x80";
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move |n: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % n as u64) as usize
-        };
+        let mut m = crate::mutate::Mutator::new(0x2545_f491_4f6c_dd1d);
         for _ in 0..5_000 {
             let mut raw = seed.to_vec();
-            for _ in 0..1 + next(3) {
-                let at = next(raw.len());
-                let b = alphabet[next(alphabet.len())];
-                match next(3) {
-                    0 => raw[at] = b,
-                    1 => raw.insert(at, b),
-                    _ => {
-                        raw.remove(at);
-                    }
-                }
-            }
+            let edits = 1 + m.below(3);
+            m.mutate(&mut raw, alphabet, edits, false);
             let whole = decode_all(&raw, raw.len());
             for step in [1, 2, 3, 7] {
                 assert_eq!(

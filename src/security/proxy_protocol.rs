@@ -226,26 +226,11 @@ mod tests {
             v2(0, 0x00, &[]),
         ];
         let alphabet = b"\r\n PROXYTCP46:.019\x00\x11\x21\x20\xff";
-        let mut state = 0x5851_f42d_4c95_7f2du64;
-        let mut next = move |n: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % n as u64) as usize
-        };
+        let mut m = crate::mutate::Mutator::new(0x5851_f42d_4c95_7f2d);
         for _ in 0..20_000 {
-            let mut raw = seeds[next(seeds.len())].clone();
-            for _ in 0..next(3) {
-                let at = next(raw.len());
-                let b = alphabet[next(alphabet.len())];
-                match next(3) {
-                    0 => raw[at] = b,
-                    1 => raw.insert(at, b),
-                    _ => {
-                        raw.remove(at);
-                    }
-                }
-            }
+            let mut raw = seeds[m.below(seeds.len())].clone();
+            let edits = m.below(3);
+            m.mutate(&mut raw, alphabet, edits, false);
             if let Ok(Parsed::Complete { len, .. }) = parse(&raw) {
                 assert!(len <= raw.len());
                 for k in 0..len {

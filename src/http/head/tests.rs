@@ -224,13 +224,7 @@ fn mutated_heads_never_panic_and_spans_stay_in_the_buffer() {
     ];
     // Bytes that matter to the grammar, plus obs-text and controls.
     let alphabet = b"\r\n \t:,/?%.0129aHT\x00\x7f\x80\xe9\xff";
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move |n: usize| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state % n as u64) as usize
-    };
+    let mut m = crate::mutate::Mutator::new(0x9e37_79b9_7f4a_7c15);
     let mut req = RequestHead::default();
     let mut resp = ResponseHead::default();
     for round in 0..200_000 {
@@ -239,19 +233,9 @@ fn mutated_heads_never_panic_and_spans_stay_in_the_buffer() {
         } else {
             &responses
         };
-        let mut raw = seeds[next(seeds.len())].to_vec();
-        for _ in 0..1 + next(4) {
-            let at = next(raw.len() + 1);
-            let b = alphabet[next(alphabet.len())];
-            match next(4) {
-                0 if at < raw.len() => raw[at] = b,
-                1 => raw.insert(at, b),
-                2 if at < raw.len() => {
-                    raw.remove(at);
-                }
-                _ => raw.truncate(at),
-            }
-        }
+        let mut raw = seeds[m.below(seeds.len())].to_vec();
+        let edits = 1 + m.below(4);
+        m.mutate(&mut raw, alphabet, edits, true);
         if round % 2 == 0 {
             if let Ok(Parse::Complete) = parse_request(&raw, &LIMITS, &mut req) {
                 let v = RequestView {
