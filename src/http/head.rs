@@ -544,6 +544,11 @@ pub fn parse_response(
     };
     let base = buf.as_ptr();
     head.status = res.code.unwrap_or(0);
+    // httparse takes any three digits; outside 100-599 a code is invalid
+    // (RFC 9110 15), and clients would treat it as an error at best.
+    if !(100..600).contains(&head.status) {
+        return Err(HeadError::Malformed("status code outside 100-599"));
+    }
     // A reason phrase with obs-text comes back as "", a string outside
     // `buf`: it is dropped (the status line stays valid without one).
     head.reason = match res.reason {

@@ -207,6 +207,24 @@ fn response_reason_with_obs_text_is_dropped() {
     );
 }
 
+#[test]
+fn response_status_codes_outside_100_to_599_are_refused() {
+    for code in ["000", "099", "600", "900", "999"] {
+        let raw = format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n");
+        assert!(
+            matches!(
+                response(raw.as_bytes(), false),
+                Err(HeadError::Malformed(_))
+            ),
+            "{code}"
+        );
+    }
+    for code in [100, 103, 209, 290, 599] {
+        let raw = format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(response(raw.as_bytes(), false).unwrap().status, code);
+    }
+}
+
 /// Mutations of valid heads (bytes replaced, inserted, removed, the head
 /// cut short) from a fixed seed: the parsers return, never panic, and
 /// every span of a complete head lies within the buffer it came from.
