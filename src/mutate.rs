@@ -1,5 +1,6 @@
-//! Seeded byte-string mutations for the parsers' unit tests: the same
-//! inputs on every run, no extra crate.
+//! Seeded byte-string mutations for the parsers' unit tests and the
+//! integration tests' mutated traffic (`tests/robustness.rs` includes this
+//! file): the same inputs on every run, no extra crate.
 
 /// A xorshift64 generator.
 pub struct Mutator(u64);

@@ -4,6 +4,9 @@
 //! and `cargo test --release --test integration <file>::` runs one file.
 
 mod common;
+/// The seeded mutator the parsers' unit tests use.
+#[path = "../src/mutate.rs"]
+mod mutate;
 
 mod allocations;
 mod auth;
@@ -16,6 +19,7 @@ mod observability;
 mod proxy;
 mod ratelimit;
 mod ratelimit_cluster;
+mod robustness;
 mod security;
 mod streaming;
 mod tls;

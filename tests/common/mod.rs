@@ -587,11 +587,13 @@ fn read_chunked(
         if size == 0 {
             let mut trailers = Vec::new();
             loop {
-                let mut t = String::new();
-                reader.read_line(&mut t).ok()?;
-                if t == "\r\n" {
+                // Field values may hold obs-text: read bytes, not UTF-8.
+                let mut t = Vec::new();
+                reader.read_until(b'\n', &mut t).ok()?;
+                if t == b"\r\n" {
                     return Some((rec.body_len, trailers));
                 }
+                let t = String::from_utf8_lossy(&t);
                 let (n, v) = t.trim_end().split_once(':')?;
                 trailers.push((n.to_string(), v.trim().to_string()));
             }
