@@ -220,7 +220,15 @@ enum HeadOutcome {
 }
 
 /// Serves one accepted connection until it closes.
-pub async fn serve<S: Stream + Park>(conn: Accepted, stream: S, secure: Secure) {
+///
+/// The connection's state is built before the future that is its task, so
+/// the future holds it once: an `async fn` would also keep the stream and
+/// its TLS settings as arguments, 200 bytes more per idle connection.
+pub fn serve<S: Stream + Park>(
+    conn: Accepted,
+    stream: S,
+    secure: Secure,
+) -> impl std::future::Future<Output = ()> {
     let ctx = &conn.ctx;
     let snap = ctx.snapshot();
     let mut d = Downstream::new(
@@ -233,8 +241,10 @@ pub async fn serve<S: Stream + Park>(conn: Accepted, stream: S, secure: Secure) 
     );
     let deadline = conn.at + snap.config.timeouts.request_head;
     drop(snap);
-    serve_requests(ctx, &mut d, deadline, conn.proxy_protocol).await;
-    ctx.buffers.put(d.take_buffers());
+    async move {
+        serve_requests(&conn.ctx, &mut d, deadline, conn.proxy_protocol).await;
+        conn.ctx.buffers.put(d.take_buffers());
+    }
 }
 
 /// The request loop of [`serve`]. Between requests the connection waits
@@ -1113,5 +1123,22 @@ async fn linger_close<S: Stream>(d: &mut Downstream<S>) {
             Ok(Ok(n)) if n > 0 => discarded += n,
             _ => return,
         }
+    }
+}
+#[cfg(test)]
+mod tests {
+    /// What an idle keep-alive connection costs is mostly its task, that
+    /// is this future: it must not grow to hold a request's stages (they
+    /// run in stage slots) or the connection's arguments twice.
+    #[test]
+    fn a_connection_future_stays_small() {
+        fn size<F, Fut>(_: &F) -> usize
+        where
+            F: Fn(crate::worker::Accepted, monoio::net::TcpStream, super::Secure) -> Fut,
+        {
+            std::mem::size_of::<Fut>()
+        }
+        let bytes = size(&super::serve::<monoio::net::TcpStream>);
+        assert!(bytes <= 1_536, "{bytes} bytes");
     }
 }
