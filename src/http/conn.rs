@@ -1125,6 +1125,7 @@ async fn linger_close<S: Stream>(d: &mut Downstream<S>) {
         }
     }
 }
+
 #[cfg(test)]
 mod tests {
     /// What an idle keep-alive connection costs is mostly its task, that
