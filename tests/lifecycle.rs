@@ -200,23 +200,26 @@ fn admin_health_and_readiness() {
 
 #[test]
 fn sighup_reloads_and_a_bad_file_keeps_the_old_config() {
+    // The body and a security field of the gateway's own responses.
     let route = |text: &str| {
-        format!("[[routes]]\nname = \"r\"\nrespond = {{ status = 200, body = \"{text}\" }}\n")
+        format!("[security.response_headers]\nset = {{ \"x-config\" = \"{text}\" }}\n\n[[routes]]\nname = \"r\"\nrespond = {{ status = 200, body = \"{text}\" }}\n")
     };
     let gw = Gateway::start(&config("io_uring", &route("v1")));
     let mut kept = Client::connect(gw.main());
+    let r = kept.request("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(
-        kept.request("GET / HTTP/1.1\r\nHost: x\r\n\r\n").text(),
-        "v1"
+        (r.text().as_str(), r.header("x-config")),
+        ("v1", Some("v1"))
     );
 
     std::fs::write(&gw.config_path, config("io_uring", &route("v2"))).unwrap();
     gw.signal("HUP");
     gw.wait_log("config reloaded");
     assert_eq!(get(gw.main(), "/").text(), "v2");
+    let r = kept.request("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(
-        kept.request("GET / HTTP/1.1\r\nHost: x\r\n\r\n").text(),
-        "v2",
+        (r.text().as_str(), r.header("x-config")),
+        ("v2", Some("v2")),
         "open connections see it too"
     );
 

@@ -113,7 +113,7 @@ fn idle_client(gw: &Gateway) -> std::net::TcpStream {
 /// stages run in pooled slots, `worker::stage_slots`).
 #[test]
 fn idle_keep_alive_connections_give_their_buffers_back() {
-    /// Measured: about 2.5 KiB (6.3 KiB while the request stages were part
+    /// Measured: about 2.2 KiB (6.3 KiB while the request stages were part
     /// of the connection's task). Holding the buffers costs 14 KiB and more.
     const PER_CONN_CAP: u64 = 4 << 10;
     let up = Upstream::new(Reply::ok("idle"));

@@ -425,7 +425,15 @@ fn a_redirect_listener_sends_known_hosts_to_https_only() {
          [listeners.redirect_https]\nport = 8443\nhosts = [\"www.test\"]\n",
         tls_config(&pki, &up, "")
     );
-    let gw = Gateway::start(&text);
+    // One worker: both listeners' connections take their buffers (and the
+    // gateway-made responses' fields rendered in them) from one pool.
+    let gw = Gateway::start(&text.replace("workers = 2", "workers = 1"));
+    let any = client_config(&any_server());
+    let mut t = TlsClient::connect(gw.addr("public"), "api.test", any.clone()).unwrap();
+    let (status, head, _) = t.request("GET / HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(status, 400);
+    assert!(head_field(&head, "strict-transport-security").is_some());
+    drop(t);
     let mut c = Client::connect(gw.addr("http"));
     let r = c.request("GET /a/b?x=1&y=%2F HTTP/1.1\r\nHost: API.test\r\n\r\n");
     assert_eq!(r.status, 308);
@@ -459,11 +467,14 @@ fn a_redirect_listener_sends_known_hosts_to_https_only() {
     assert_eq!(r.header("connection"), Some("close"));
     assert!(c.is_closed());
 
-    // The TLS listener itself still serves.
-    let any = client_config(&any_server());
+    // The TLS listener itself still serves, and its own responses still
+    // carry HSTS.
     let mut t = TlsClient::connect(gw.addr("public"), "api.test", any).unwrap();
     assert_eq!(t.get("/", "api.test").unwrap().0, 200);
     assert_eq!(up.request_count(), 1, "redirects never reach the upstream");
+    let (status, head, _) = t.request("GET / HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(status, 400);
+    assert!(head_field(&head, "strict-transport-security").is_some());
 }
 
 #[test]

@@ -105,10 +105,11 @@ pub struct Downstream<S> {
     /// Identity header lines for the upstream (authenticated routes);
     /// cleared per request.
     pub identity: Vec<u8>,
-    /// The config's header lines for gateway-made responses, and which
-    /// config they came from.
+    /// The config's header lines for gateway-made responses and the
+    /// listener's HSTS line, rendered into a buffer of the lent set, and
+    /// for which snapshot and HSTS line.
     pub gateway_fields: Vec<u8>,
-    fields_of: usize,
+    fields_of: (u64, usize),
     /// A request body read whole before forwarding (JSON Schema routes);
     /// `buffered` says whether the current request's body is in it.
     pub body: Vec<u8>,
@@ -144,7 +145,7 @@ impl<S: Stream> Downstream<S> {
             extra: Vec::new(),
             identity: Vec::new(),
             gateway_fields: Vec::new(),
-            fields_of: 0,
+            fields_of: (0, 0),
             body: Vec::new(),
             buffered: false,
             iov: crate::sys::IovecPair::default(),
@@ -153,15 +154,22 @@ impl<S: Stream> Downstream<S> {
         d
     }
 
-    /// Refreshes the gateway-made responses' fields when the config changed.
-    fn use_config(&mut self, cfg: &std::sync::Arc<Config>) {
-        let of = std::sync::Arc::as_ptr(cfg) as usize;
+    /// Renders the gateway-made responses' fields for this snapshot's
+    /// config and this connection's HSTS line, unless the lent set holds
+    /// them already (it was last used by a request of the same snapshot on
+    /// the same kind of connection, as most are). The HSTS line is told
+    /// apart by address: another listener's, or a reloaded one's, may
+    /// differ, and while this connection holds its own none can take its
+    /// place; a line freed since came from this snapshot's config too.
+    fn use_config(&mut self, snap: &Snapshot) {
+        let hsts = self.secure.hsts();
+        let of = (snap.serial, hsts.as_ptr() as usize);
         if self.fields_of != of {
             self.fields_of = of;
             self.gateway_fields.clear();
             self.gateway_fields
-                .extend_from_slice(&cfg.security.gateway_headers);
-            self.gateway_fields.extend_from_slice(self.secure.hsts());
+                .extend_from_slice(&snap.config.security.gateway_headers);
+            self.gateway_fields.extend_from_slice(hsts);
         }
     }
 
@@ -177,6 +185,9 @@ impl<S: Stream> Downstream<S> {
             response_fields: take(&mut self.response.headers),
             path: take(&mut self.path),
             path_scratch: take(&mut self.path_scratch),
+            gateway_fields: take(&mut self.gateway_fields),
+            fields_of: self.fields_of,
+            iov: take(&mut self.iov),
         }
     }
 
@@ -187,6 +198,9 @@ impl<S: Stream> Downstream<S> {
         self.response.headers = buffers.response_fields;
         self.path = buffers.path;
         self.path_scratch = buffers.path_scratch;
+        self.gateway_fields = buffers.gateway_fields;
+        self.fields_of = buffers.fields_of;
+        self.iov = buffers.iov;
     }
 
     /// The parsed head with the bytes it points into.
@@ -304,7 +318,7 @@ async fn request<S: Stream + Park>(
         HeadOutcome::Closed => return Next::Close,
         HeadOutcome::Error(err) => {
             let id = ctx.request_ids.generate();
-            d.use_config(&snap.config);
+            d.use_config(&snap);
             render_error(
                 &mut d.wbuf,
                 err,
@@ -558,7 +572,7 @@ async fn park<S: Park>(
 async fn exchange<S: Stream>(ctx: &WorkerCtx, snap: &Snapshot, d: &mut Downstream<S>) -> Next {
     let cfg = &snap.config;
     d.rec.bytes_in = d.head.len as u64;
-    d.use_config(cfg);
+    d.use_config(snap);
     d.extra.clear();
     d.identity.clear();
     d.buffered = false;

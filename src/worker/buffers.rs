@@ -1,7 +1,8 @@
 //! The worker's pool of downstream connection buffers.
 //!
-//! A connection needs its read buffer (16 KiB), write buffer and the
-//! vectors a request is parsed into only while a request is on it. Between
+//! A connection needs its read buffer (16 KiB), write buffer, the vectors
+//! a request is parsed into and the header lines of the gateway's own
+//! responses only while a request is on it. Between
 //! requests, on io_uring, a keep-alive connection gives them back here,
 //! with its TLS ciphertext buffers (incoming and outgoing) if it has them,
 //! and waits with a 1 KiB hold buffer lent to a read for
@@ -56,6 +57,13 @@ pub struct ConnBuffers {
     /// The normalised path and the normaliser's scratch space.
     pub path: Vec<u8>,
     pub path_scratch: Vec<u8>,
+    /// Header lines of gateway-made responses as last rendered, and the
+    /// snapshot serial and HSTS line they were rendered for (kept across
+    /// uses: `http::conn` renders them again for another).
+    pub gateway_fields: Vec<u8>,
+    pub fields_of: (u64, usize),
+    /// iovecs of a gathered write.
+    pub iov: crate::sys::IovecPair,
 }
 
 impl ConnBuffers {
@@ -67,6 +75,9 @@ impl ConnBuffers {
             response_fields: Vec::with_capacity(FIELDS),
             path: Vec::with_capacity(PATH),
             path_scratch: Vec::with_capacity(PATH),
+            gateway_fields: Vec::new(),
+            fields_of: (0, 0),
+            iov: crate::sys::IovecPair::default(),
         }
     }
 

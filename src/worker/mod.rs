@@ -52,6 +52,10 @@ use crate::upstream::Upstreams;
 /// What a worker serves from: the config and the state built for it.
 pub struct Snapshot {
     pub config: Arc<Config>,
+    /// Unique to this snapshot among all of the process's: what was
+    /// rendered from one config is told apart from another's by it (an
+    /// address could be reused by a later config).
+    pub serial: u64,
     pub upstreams: Upstreams,
     /// Counters of each route, indexed by `Route::order`.
     pub route_stats: Box<[Rc<RouteStats>]>,
@@ -79,8 +83,10 @@ impl Snapshot {
                 })
             })
             .collect();
+        static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Self {
             config,
+            serial: SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             upstreams,
             route_stats,
             route_gates,
