@@ -158,9 +158,10 @@ impl<S: Stream> Downstream<S> {
     /// config and this connection's HSTS line, unless the lent set holds
     /// them already (it was last used by a request of the same snapshot on
     /// the same kind of connection, as most are). The HSTS line is told
-    /// apart by address: another listener's, or a reloaded one's, may
-    /// differ, and while this connection holds its own none can take its
-    /// place; a line freed since came from this snapshot's config too.
+    /// apart by address: another listener's, or an older config's still
+    /// held by an older connection, may differ. Listeners' TLS settings
+    /// are built with a config, so a line allocated where a freed one was
+    /// belongs to a later snapshot, whose serial differs.
     fn use_config(&mut self, snap: &Snapshot) {
         let hsts = self.secure.hsts();
         let of = (snap.serial, hsts.as_ptr() as usize);
