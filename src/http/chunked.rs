@@ -73,6 +73,19 @@ impl ChunkedDecoder {
     }
 
     /// Starts a new body, keeping allocations.
+    /// Sets the largest trailer section accepted (the config's head limit,
+    /// taken per request so that it follows reloads).
+    pub fn limit(&mut self, max_trailers: usize) {
+        self.max_trailers = max_trailers;
+    }
+
+    /// Frees the trailer buffer if it grew past `keep` bytes.
+    pub fn trim(&mut self, keep: usize) {
+        if self.trailers.capacity() > keep {
+            self.trailers = Vec::new();
+        }
+    }
+
     pub fn reset(&mut self) {
         self.state = State::Size;
         self.size = 0;

@@ -119,7 +119,7 @@ pub fn audit(ctx: &WorkerCtx, event: &str, fields: impl FnOnce(&mut Vec<u8>)) {
 
 /// `trace_context = "start"`: a request without a valid `traceparent` gets
 /// one (the proxy stage sends it instead of the client's invalid one).
-pub fn trace_context<S: Stream>(ctx: &WorkerCtx, snap: &Snapshot, d: &mut Downstream<S>) {
+pub fn trace_context<S: Stream>(ctx: &WorkerCtx, snap: &Snapshot, d: &mut Downstream<'_, S>) {
     if snap.config.trace_context == TraceMode::Start {
         let view = d.view();
         let valid = view
@@ -127,7 +127,7 @@ pub fn trace_context<S: Stream>(ctx: &WorkerCtx, snap: &Snapshot, d: &mut Downst
             .and_then(trace_context::trace_id)
             .is_some();
         if !valid {
-            d.rec.traceparent = Some(ctx.trace_ids.generate());
+            d.x.rec.traceparent = Some(ctx.trace_ids.generate());
         }
     }
 }
@@ -137,7 +137,7 @@ pub fn trace_context<S: Stream>(ctx: &WorkerCtx, snap: &Snapshot, d: &mut Downst
 pub fn capture_for_log<S: Stream>(
     ctx: &WorkerCtx,
     snap: &Snapshot,
-    d: &mut Downstream<S>,
+    d: &mut Downstream<'_, S>,
     route: Option<&Route>,
 ) {
     if ctx.access_log.borrow().is_none() {
@@ -151,10 +151,10 @@ pub fn capture_for_log<S: Stream>(
         return;
     }
     let view = RequestView {
-        head: &d.head,
-        buf: &d.rbuf[d.start..],
+        head: &d.x.head,
+        buf: &d.x.rbuf[d.x.start..],
     };
-    let generated = d.rec.traceparent;
+    let generated = d.x.rec.traceparent;
     let trace: &[u8] = match &generated {
         Some(t) => &t[3..35],
         None => view
@@ -163,33 +163,33 @@ pub fn capture_for_log<S: Stream>(
             .unwrap_or_default(),
     };
     // The normalised path when there is one, else the path as received.
-    let path: &[u8] = if d.path.is_empty() {
+    let path: &[u8] = if d.x.path.is_empty() {
         view.path()
     } else {
-        &d.path
+        &d.x.path
     };
-    d.rec.capture(&view, path, trace);
+    d.x.rec.capture(&view, path, trace);
 }
 
 /// The log phase: counters, latency histogram, access-log line.
 pub fn finish<S: Stream>(
     ctx: &WorkerCtx,
     snap: &Snapshot,
-    d: &mut Downstream<S>,
+    d: &mut Downstream<'_, S>,
     route: Option<&Route>,
     method: Method,
     id: &RequestId,
 ) {
     let now = Instant::now();
-    let total = d
-        .rec
-        .started
-        .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+    let total =
+        d.x.rec
+            .started
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
     let stats: &RouteStats = match route {
         Some(r) => &snap.route_stats[r.order],
         None => &ctx.unmatched,
     };
-    let rec = &d.rec;
+    let rec = &d.x.rec;
     stats.record(&Observation {
         method,
         status: rec.status,
@@ -213,7 +213,7 @@ pub fn finish<S: Stream>(
     });
     let record = AccessRecord {
         request_id: id.as_bytes(),
-        client: rec.client.unwrap_or(d.peer.ip()),
+        client: rec.client.unwrap_or(d.conn.peer.ip()),
         method,
         path,
         query,

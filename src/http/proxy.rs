@@ -68,23 +68,23 @@ enum Attempt {
 pub async fn forward<S: Stream>(
     ctx: &WorkerCtx,
     snap: &Snapshot,
-    d: &mut Downstream<S>,
+    d: &mut Downstream<'_, S>,
     route: &Route,
     action: &ProxyAction,
     id: &RequestId,
 ) -> Next {
     let cfg = &snap.config;
     let cluster = &snap.upstreams.clusters[action.cluster];
-    let method = d.head.method;
-    let framing = d.head.framing;
+    let method = d.x.head.method;
+    let framing = d.x.head.framing;
     let retryable = method.is_idempotent() && framing == Framing::Empty;
-    let no_body_keep = d.head.keep_alive && framing == Framing::Empty;
+    let no_body_keep = d.x.head.keep_alive && framing == Framing::Empty;
     let key_hash = match cluster.balancer {
         crate::upstream::Balancer::ConsistentHash { .. } => {
             let view = d.view();
             match &cluster.config.hash_header {
                 Some(name) => balancer::hash(view.header(name).unwrap_or_default()),
-                None => hash_ip(d.peer.ip()),
+                None => hash_ip(d.conn.peer.ip()),
             }
         }
         _ => 0,
@@ -130,31 +130,31 @@ pub async fn forward<S: Stream>(
         }
     };
     let _in_flight = InFlight::new(ep);
-    d.rec.endpoint = Some(ep.address);
+    d.x.rec.endpoint = Some(ep.address);
 
-    let traceparent = d.rec.traceparent;
+    let traceparent = d.x.rec.traceparent;
     let upstream_head = UpstreamHead {
-        path: &d.path,
+        path: &d.x.path,
         action,
         prefix_len: route.path.prefix_len(),
         via: cfg.via,
         endpoint: ep.address,
-        peer: d.peer.ip(),
+        peer: d.conn.peer.ip(),
         id,
         traceparent: traceparent.as_ref().map(|t| &t[..]),
         strip: route.auth.as_ref().map_or(&[], |a| &a.strip[..]),
         strip_always: &cfg.client_cert_headers,
-        identity: &d.identity,
-        client_cert: &d.secure.client_cert,
-        tls: d.secure.is_tls(),
+        identity: &d.x.identity,
+        client_cert: &d.conn.secure.client_cert,
+        tls: d.conn.secure.is_tls(),
         strip_cookie: route.auth.as_ref().and_then(|a| a.strip_cookie.as_deref()),
         strip_query: route.auth.as_ref().and_then(|a| a.strip_query.as_deref()),
     };
     let view = RequestView {
-        head: &d.head,
-        buf: &d.rbuf[d.start..],
+        head: &d.x.head,
+        buf: &d.x.rbuf[d.x.start..],
     };
-    render_request_head(&mut d.wbuf, view, &upstream_head);
+    render_request_head(&mut d.x.wbuf, view, &upstream_head);
     d.consume_head();
 
     // The clock is read as rarely as the timings allow (a read costs about
@@ -179,7 +179,7 @@ pub async fn forward<S: Stream>(
             }
         };
         let done = Instant::now();
-        d.rec.upstream = Some(done.saturating_duration_since(sent));
+        d.x.rec.upstream = Some(done.saturating_duration_since(sent));
         match result {
             Ok((next, reusable)) => {
                 if reusable {
@@ -214,20 +214,20 @@ pub async fn forward<S: Stream>(
 
 /// A gateway error after the request head was consumed: the request body
 /// state is unknown, so the connection closes.
-async fn fail<S: Stream>(d: &mut Downstream<S>, err: GatewayError, id: &RequestId) -> Next {
-    d.head.len = 0;
+async fn fail<S: Stream>(d: &mut Downstream<'_, S>, err: GatewayError, id: &RequestId) -> Next {
+    d.x.head.len = 0;
     respond_error(d, err, id, false).await
 }
 
 /// One try of the exchange on one upstream connection (its stream and its
-/// empty read buffer), begun at `began`. `d.wbuf` holds the upstream
+/// empty read buffer), begun at `began`. `d.x.wbuf` holds the upstream
 /// request head. On success, also says whether the connection may be
 /// pooled.
 #[allow(clippy::too_many_arguments)]
 async fn attempt<S: Stream, U: Stream>(
     ctx: &WorkerCtx,
     snap: &Snapshot,
-    d: &mut Downstream<S>,
+    d: &mut Downstream<'_, S>,
     route: &Route,
     ep: &Endpoint,
     upstream: &mut U,
@@ -237,27 +237,30 @@ async fn attempt<S: Stream, U: Stream>(
 ) -> Result<(Next, bool), Attempt> {
     let cfg = &snap.config;
     let t = &cfg.timeouts;
-    let framing = d.head.framing;
-    let version = d.head.version;
-    let head_request = d.head.method == Method::Head;
+    let framing = d.x.head.framing;
+    let version = d.x.head.version;
+    let head_request = d.x.head.method == Method::Head;
     let ep_stats = &ep.stats;
 
     // request head (wbuf keeps it until a response begins, for a retry)
-    if write_all(upstream, &mut d.wbuf).await.is_err() {
+    if write_all(upstream, &mut d.x.wbuf).await.is_err() {
         return Err(Attempt::Retry);
     }
 
     // request body: read whole already (JSON Schema routes), or streamed
-    if d.buffered {
-        if write_all(upstream, &mut d.body).await.is_err() {
+    if d.x.buffered {
+        if write_all(upstream, &mut d.x.body).await.is_err() {
             ep.stats.error(UpstreamErrorKind::Reset);
             return Err(Attempt::Fail(fail(d, GatewayError::BadGateway, id).await));
         }
     } else if framing != Framing::Empty {
-        if d.head.expect_continue {
-            d.scratch.clear();
-            d.scratch.extend_from_slice(CONTINUE);
-            if write_all(&mut d.stream, &mut d.scratch).await.is_err() {
+        if d.x.head.expect_continue {
+            d.x.scratch.clear();
+            d.x.scratch.extend_from_slice(CONTINUE);
+            if write_all(&mut d.conn.stream, &mut d.x.scratch)
+                .await
+                .is_err()
+            {
                 return Err(Attempt::Fail(Next::Close));
             }
         }
@@ -267,23 +270,23 @@ async fn attempt<S: Stream, U: Stream>(
             Encode::Identity
         };
         let mut src = super::io::Inbound {
-            stream: &mut d.stream,
-            buf: &mut d.rbuf,
-            start: &mut d.start,
+            stream: &mut d.conn.stream,
+            buf: &mut d.x.rbuf,
+            start: &mut d.x.start,
         };
         let result = body::copy(
             &mut src,
             upstream,
             framing,
             encode,
-            &mut d.scratch,
-            &mut d.decoder,
+            &mut d.x.scratch,
+            &mut d.x.decoder,
             t.request_body_idle,
             route.max_body_bytes,
         )
         .await;
         if let Ok(n) = result {
-            d.rec.bytes_in += n;
+            d.x.rec.bytes_in += n;
         }
         if let Err(e) = result {
             let err = match e {
@@ -306,7 +309,7 @@ async fn attempt<S: Stream, U: Stream>(
     // when the request was sent: when the attempt began, or now if a body
     // followed the head
     let max_head = cfg.limits.head.max_header_bytes;
-    let mut deadline = if d.buffered || framing != Framing::Empty {
+    let mut deadline = if d.x.buffered || framing != Framing::Empty {
         Instant::now()
     } else {
         began
@@ -318,7 +321,7 @@ async fn attempt<S: Stream, U: Stream>(
         match read_response_head(
             upstream,
             ubuf,
-            &mut d.response,
+            &mut d.x.response,
             head_request,
             deadline,
             max_head,
@@ -340,7 +343,7 @@ async fn attempt<S: Stream, U: Stream>(
                 return Err(Attempt::Fail(fail(d, err, id).await));
             }
         }
-        let status = d.response.status;
+        let status = d.x.response.status;
         if !(100..200).contains(&status) {
             break;
         }
@@ -351,26 +354,26 @@ async fn attempt<S: Stream, U: Stream>(
         }
         // 100 was answered by the gateway itself; other 1xx go to 1.1 clients.
         if status != 100 && version == Version::Http11 {
-            write_interim(&mut d.wbuf, &d.response, ubuf);
-            d.rec.bytes_out += d.wbuf.len() as u64;
-            if write_all(&mut d.stream, &mut d.wbuf).await.is_err() {
+            write_interim(&mut d.x.wbuf, &d.x.response, ubuf);
+            d.x.rec.bytes_out += d.x.wbuf.len() as u64;
+            if write_all(&mut d.conn.stream, &mut d.x.wbuf).await.is_err() {
                 return Err(Attempt::Fail(Next::Close));
             }
         }
         interim_seen = true;
-        let len = d.response.len;
+        let len = d.x.response.len;
         ubuf.drain(..len);
         deadline = Instant::now() + t.upstream_response_head;
     }
 
     // response head to the client
-    let resp_framing = d.response.framing;
+    let resp_framing = d.x.response.framing;
     let encode = match (resp_framing, version) {
         (Framing::Empty | Framing::Length(_), _) => Encode::Identity,
         (_, Version::Http11) => Encode::Chunked,
         (_, Version::Http10) => Encode::Raw,
     };
-    let keep = d.head.keep_alive && encode != Encode::Raw && !ctx.drain.is_draining();
+    let keep = d.x.head.keep_alive && encode != Encode::Raw && !ctx.drain.is_draining();
     write_response_head(
         d,
         ubuf,
@@ -381,7 +384,7 @@ async fn attempt<S: Stream, U: Stream>(
         head_request,
         &route.policy.headers,
     );
-    let mut up_start = d.response.len;
+    let mut up_start = d.x.response.len;
     // Body bytes that arrived with the head leave with it, in one writev
     // from the upstream buffer: no copy, and one socket operation for a
     // response that fits the upstream buffer.
@@ -391,18 +394,18 @@ async fn attempt<S: Stream, U: Stream>(
         }
         _ => 0,
     };
-    d.rec.status = d.response.status;
-    d.rec.bytes_out += (d.wbuf.len() + with_head) as u64;
-    let head_len = d.wbuf.len();
+    d.x.rec.status = d.x.response.status;
+    d.x.rec.bytes_out += (d.x.wbuf.len() + with_head) as u64;
+    let head_len = d.x.wbuf.len();
     let gather = Gather::new(
-        std::mem::take(&mut d.wbuf),
+        std::mem::take(&mut d.x.wbuf),
         0..head_len,
         std::mem::take(ubuf),
         up_start..up_start + with_head,
-        std::mem::take(&mut d.iov),
+        std::mem::take(&mut d.x.iov),
     );
-    let (written, gather) = write_gather(&mut d.stream, gather).await;
-    (d.wbuf, *ubuf, d.iov) = gather.into_parts();
+    let (written, gather) = write_gather(&mut d.conn.stream, gather).await;
+    (d.x.wbuf, *ubuf, d.x.iov) = gather.into_parts();
     if written.is_err() {
         return Err(Attempt::Fail(Next::Close));
     }
@@ -421,11 +424,11 @@ async fn attempt<S: Stream, U: Stream>(
     };
     let result = body::copy(
         &mut src,
-        &mut d.stream,
+        &mut d.conn.stream,
         resp_framing,
         encode,
-        &mut d.scratch,
-        &mut d.decoder,
+        &mut d.x.scratch,
+        &mut d.x.decoder,
         t.upstream_idle,
         u64::MAX,
     )
@@ -449,10 +452,10 @@ async fn attempt<S: Stream, U: Stream>(
             return Err(Attempt::Fail(Next::Close));
         }
     };
-    d.rec.bytes_out += sent;
+    d.x.rec.bytes_out += sent;
 
     let reusable =
-        d.response.keep_alive && resp_framing != Framing::UntilClose && up_start == ubuf.len();
+        d.x.response.keep_alive && resp_framing != Framing::UntilClose && up_start == ubuf.len();
     if reusable {
         ubuf.clear();
     }
@@ -868,10 +871,10 @@ fn write_interim(out: &mut Vec<u8>, resp: &ResponseHead, buf: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Renders the response head for the client into `d.wbuf`.
+/// Renders the response head for the client into `d.x.wbuf`.
 #[allow(clippy::too_many_arguments)]
 fn write_response_head<S: Stream>(
-    d: &mut Downstream<S>,
+    d: &mut Downstream<'_, S>,
     up_buf: &[u8],
     encode: Encode,
     keep: bool,
@@ -880,8 +883,8 @@ fn write_response_head<S: Stream>(
     head_request: bool,
     policy: &HeaderPolicy,
 ) {
-    let resp = &d.response;
-    let out = &mut d.wbuf;
+    let resp = &d.x.response;
+    let out = &mut d.x.wbuf;
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
     push_u64(out, u64::from(resp.status));
@@ -891,7 +894,7 @@ fn write_response_head<S: Stream>(
     // A HEAD or 304 response's Content-Length describes the representation,
     // not this message: pass it on as is (RFC 9110 8.6).
     let bodiless_meta = head_request || resp.status == 304;
-    let hsts = d.secure.hsts();
+    let hsts = d.conn.secure.hsts();
     copy_response_fields(
         out,
         resp,
@@ -902,7 +905,7 @@ fn write_response_head<S: Stream>(
     );
     policy.render(out, resp.headers.iter().map(|h| h.name.get(up_buf)));
     out.extend_from_slice(hsts);
-    out.extend_from_slice(&d.extra);
+    out.extend_from_slice(&d.x.extra);
     match (resp.framing, encode) {
         (Framing::Length(n), _) => {
             out.extend_from_slice(b"content-length: ");
@@ -918,7 +921,7 @@ fn write_response_head<S: Stream>(
     if via {
         out.extend_from_slice(b"via: 1.1 ringgate\r\n");
     }
-    match (keep, d.head.version) {
+    match (keep, d.x.head.version) {
         (false, _) => out.extend_from_slice(b"connection: close\r\n"),
         (true, Version::Http10) => out.extend_from_slice(b"connection: keep-alive\r\n"),
         (true, Version::Http11) => {}

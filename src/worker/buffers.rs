@@ -1,26 +1,29 @@
-//! The worker's pool of downstream connection buffers.
+//! The worker's pool of downstream exchanges: what a connection needs only
+//! while a request is on it.
 //!
-//! A connection needs its read buffer (16 KiB), write buffer, the vectors
-//! a request is parsed into and the header lines of the gateway's own
-//! responses only while a request is on it. Between
-//! requests, on io_uring, a keep-alive connection gives them back here,
-//! with its TLS ciphertext buffers (incoming and outgoing) if it has them,
-//! and waits with a 1 KiB hold buffer lent to a read for
-//! `keepalive_park_after`, then parks: it waits for readability with a
-//! buffer-less poll and returns the hold buffer too. When its next request
-//! arrives it takes a set again. So a worker holds about as many sets as
-//! it has requests in progress, not as many as it has open connections.
+//! An exchange (`http::conn::Exchange`) holds a connection's read buffer
+//! (16 KiB), write buffer, the vectors a request is parsed into, the header
+//! lines of the gateway's own responses and the state of the request in
+//! progress (its heads, chunked decoder and log record), about 700 bytes
+//! besides the buffers. Between requests, on io_uring, a keep-alive
+//! connection gives it back here, with its TLS ciphertext buffers
+//! (incoming and outgoing) if it has them, and waits with a 1 KiB hold
+//! buffer lent to a read for `keepalive_park_after`, then parks: it waits
+//! for readability with a buffer-less poll and returns the hold buffer
+//! too. When its next request arrives it takes an exchange again. So a
+//! worker holds about as many exchanges as it has requests in progress,
+//! not as many as it has open connections.
 //!
 //! The pool lives on one worker and is touched only by its tasks: no lock.
-//! Taking and returning a set is a `Vec` pop and push; buffers are
-//! allocated only when the pool is empty (a new high of concurrent
-//! requests), and freed only when the pool is full.
+//! Taking and returning an exchange is a `Vec` pop and push of a pointer;
+//! exchanges are allocated only when the pool is empty (a new high of
+//! concurrent requests), and freed only when the pool is full.
 
 use std::cell::{Cell, RefCell};
 
 use monoio::io::Canceller;
 
-use crate::http::head::Header;
+use crate::http::conn::Exchange;
 use crate::tls::stream::READ_CHUNK;
 
 /// Read buffer of a downstream connection; grows up to
@@ -30,70 +33,34 @@ pub const READ_BUF: usize = 16 * 1024;
 /// Write buffer for response heads and gateway-made responses.
 pub const WRITE_BUF: usize = 4 * 1024;
 /// Header fields a head is parsed into before the vector grows.
-const FIELDS: usize = 32;
+pub const FIELDS: usize = 32;
 /// Path bytes before the normalisation buffers grow.
-const PATH: usize = 256;
+pub const PATH: usize = 256;
+/// Largest capacity a pooled exchange keeps in its other buffers (a
+/// buffered body, re-encoded chunks, the log's copy of the target, the
+/// trailers): a larger one is freed when the exchange comes back.
+pub const KEEP: usize = 16 * 1024;
 /// Hold buffer: what a keep-alive connection's read between requests
 /// lends the kernel. A request head that fits (most do; nginx's
 /// `client_header_buffer_size` is 1 KiB too) arrives whole with that read;
-/// the rest of a longer one is read into the set's read buffer.
+/// the rest of a longer one is read into the exchange's read buffer.
 pub const HOLD_BUF: usize = 1024;
 /// Connections holding a read at once, per worker; more idle connections
 /// park at once. Bounds what held connections take beyond the pools (about
 /// 1.8 KiB each: hold buffer, the read's future, its canceller) to under
 /// 2 MiB per worker, however many clients go quiet at the same time.
 pub const MAX_HELD: u64 = 1024;
-/// Sets kept for reuse (about 21.5 KiB each: 5.4 MiB per worker at most),
+/// Exchanges kept for reuse (about 22 KiB each: 5.6 MiB per worker at
+/// most),
 /// and as many TLS record buffers (16.5 KiB each).
 const MAX_POOLED: usize = 256;
 
-/// What a connection needs only while a request is on it.
-pub struct ConnBuffers {
-    pub read: Vec<u8>,
-    pub write: Vec<u8>,
-    /// The request's and the response's header fields.
-    pub request_fields: Vec<Header>,
-    pub response_fields: Vec<Header>,
-    /// The normalised path and the normaliser's scratch space.
-    pub path: Vec<u8>,
-    pub path_scratch: Vec<u8>,
-    /// Header lines of gateway-made responses as last rendered, and the
-    /// snapshot serial and HSTS line they were rendered for (kept across
-    /// uses: `http::conn` renders them again for another).
-    pub gateway_fields: Vec<u8>,
-    pub fields_of: (u64, usize),
-    /// iovecs of a gathered write.
-    pub iov: crate::sys::IovecPair,
-}
-
-impl ConnBuffers {
-    fn new() -> Self {
-        Self {
-            read: Vec::with_capacity(READ_BUF),
-            write: Vec::with_capacity(WRITE_BUF),
-            request_fields: Vec::with_capacity(FIELDS),
-            response_fields: Vec::with_capacity(FIELDS),
-            path: Vec::with_capacity(PATH),
-            path_scratch: Vec::with_capacity(PATH),
-            gateway_fields: Vec::new(),
-            fields_of: (0, 0),
-            iov: crate::sys::IovecPair::default(),
-        }
-    }
-
-    fn clear(&mut self) {
-        self.read.clear();
-        self.write.clear();
-        self.request_fields.clear();
-        self.response_fields.clear();
-        self.path.clear();
-        self.path_scratch.clear();
-    }
-}
-
 #[derive(Default)]
 pub struct BufferPool {
-    free: RefCell<Vec<ConnBuffers>>,
+    /// Boxed: a connection holds its exchange by pointer, and taking or
+    /// returning one moves only that.
+    #[allow(clippy::vec_box)]
+    free: RefCell<Vec<Box<Exchange>>>,
     /// Ciphertext read buffers of parked TLS connections.
     records: Bytes<READ_CHUNK>,
     /// Buffers for held reads between requests.
@@ -107,26 +74,18 @@ pub struct BufferPool {
 }
 
 impl BufferPool {
-    /// An empty set with the standard capacities.
-    pub fn take(&self) -> ConnBuffers {
-        self.free
-            .borrow_mut()
-            .pop()
-            .unwrap_or_else(ConnBuffers::new)
+    /// An empty exchange with the standard capacities.
+    pub fn take(&self) -> Box<Exchange> {
+        self.free.borrow_mut().pop().unwrap_or_default()
     }
 
-    /// Returns a connection's set. One whose read buffer grew for a large
-    /// head, or lost it to a cancelled read, is freed rather than kept, so
-    /// the pool holds at most `MAX_POOLED` standard sets.
-    pub fn put(&self, mut bufs: ConnBuffers) {
+    /// Returns a connection's exchange. One whose read buffer grew for a
+    /// large head, or lost it to a cancelled read, is freed rather than
+    /// kept, so the pool holds at most `MAX_POOLED` standard ones.
+    pub fn put(&self, mut x: Box<Exchange>) {
         let mut free = self.free.borrow_mut();
-        if free.len() < MAX_POOLED
-            && bufs.read.capacity() == READ_BUF
-            && bufs.write.capacity() <= 4 * WRITE_BUF
-            && bufs.path.capacity() <= 4 * PATH
-        {
-            bufs.clear();
-            free.push(bufs);
+        if free.len() < MAX_POOLED && x.recycle() {
+            free.push(x);
         }
     }
 
@@ -166,7 +125,7 @@ impl BufferPool {
         }
     }
 
-    /// Sets waiting in the pool.
+    /// Exchanges waiting in the pool.
     #[cfg(test)]
     pub fn pooled(&self) -> usize {
         self.free.borrow().len()
@@ -238,21 +197,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sets_are_reused_and_grown_ones_freed() {
+    fn exchanges_are_reused_and_grown_ones_freed() {
         let pool = BufferPool::default();
         let mut a = pool.take();
-        a.read.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
-        let ptr = a.read.as_ptr();
+        a.rbuf.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        a.start = 5;
+        a.body.reserve(KEEP * 4);
+        a.body.extend_from_slice(b"{}");
+        let ptr = a.rbuf.as_ptr();
         pool.put(a);
         assert_eq!(pool.pooled(), 1);
         let b = pool.take();
-        assert_eq!(b.read.as_ptr(), ptr, "the same buffer comes back");
-        assert!(b.read.is_empty() && b.write.is_empty());
-        assert!(b.request_fields.capacity() >= FIELDS && b.path.capacity() >= PATH);
+        assert_eq!(b.rbuf.as_ptr(), ptr, "the same buffer comes back");
+        assert!(b.rbuf.is_empty() && b.wbuf.is_empty() && b.start == 0);
+        assert!(b.head.headers.capacity() >= FIELDS && b.path.capacity() >= PATH);
+        assert_eq!(b.body.capacity(), 0, "a large body buffer is freed");
         let mut grown = b;
-        grown.read.reserve(READ_BUF * 2);
+        grown.rbuf.reserve(READ_BUF * 2);
         pool.put(grown);
-        assert_eq!(pool.pooled(), 0, "a grown buffer is freed");
+        assert_eq!(pool.pooled(), 0, "a grown read buffer is freed");
     }
 
     #[test]
@@ -289,9 +252,9 @@ mod tests {
     #[test]
     fn the_pool_is_bounded() {
         let pool = BufferPool::default();
-        let sets: Vec<_> = (0..MAX_POOLED + 10).map(|_| pool.take()).collect();
-        for set in sets {
-            pool.put(set);
+        let lent: Vec<_> = (0..MAX_POOLED + 10).map(|_| pool.take()).collect();
+        for x in lent {
+            pool.put(x);
         }
         assert_eq!(pool.pooled(), MAX_POOLED);
     }

@@ -12,7 +12,7 @@
 //! - `stage_slots.rs`: the slots a connection's request stages run in, so
 //!   an idle connection's task stays small.
 
-mod buffers;
+pub(crate) mod buffers;
 mod contain;
 mod drain;
 mod idle_timers;
@@ -30,7 +30,7 @@ use monoio::net::TcpListener;
 use monoio::time::Instant;
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
-pub use buffers::{BufferPool, ConnBuffers};
+pub use buffers::BufferPool;
 pub use contain::Contained;
 pub use drain::{ConnSlots, Drain, DrainGuard};
 pub use idle_timers::IdleTimers;
