@@ -51,8 +51,7 @@ pub const HOLD_BUF: usize = 1024;
 /// 2 MiB per worker, however many clients go quiet at the same time.
 pub const MAX_HELD: u64 = 1024;
 /// Exchanges kept for reuse (about 22 KiB each: 5.6 MiB per worker at
-/// most),
-/// and as many TLS record buffers (16.5 KiB each).
+/// most), and as many TLS record buffers (16.5 KiB each).
 const MAX_POOLED: usize = 256;
 
 #[derive(Default)]
