@@ -1,7 +1,9 @@
 //! TLS termination: per-listener rustls configurations built at config
 //! load (so a reload swaps certificates, and a bad certificate refuses the
 //! reload while the old one keeps serving), certificate choice by SNI, the
-//! client-certificate identity, and the connection adapter (`stream.rs`).
+//! client-certificate identity, and the connection adapters
+//! (`server_stream.rs` for clients, over rustls's unbuffered API;
+//! `stream.rs` for upstreams).
 //!
 //! Protocols: TLS 1.3 and 1.2 (rustls offers only AEAD suites with
 //! forward secrecy, Mozilla's "intermediate"), or 1.3 alone. Session
@@ -9,6 +11,7 @@
 //! connection works on whichever core it lands, and across reloads.
 
 pub mod client;
+pub mod server_stream;
 pub mod stream;
 
 use std::collections::HashMap;
@@ -21,6 +24,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 
+pub use server_stream::ServerStream;
 pub use stream::TlsStream;
 
 /// The server side of one TLS listener.

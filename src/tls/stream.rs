@@ -1,11 +1,10 @@
-//! A rustls connection over a monoio stream.
+//! A buffered rustls connection over a monoio stream: the upstream side of
+//! TLS to endpoints (client connections use `server_stream.rs`).
 //!
 //! The gateway drives rustls itself rather than through `monoio-rustls`,
-//! which keeps the `rustls` session private (the handshake's SNI and the
-//! client certificate are needed after it) and stages every byte through a
-//! second buffer. Here ciphertext is read straight into one buffer per
-//! connection and handed to rustls from there; rustls writes records into
-//! another, written with one call per flush.
+//! which stages every byte through a second buffer. Here ciphertext is read
+//! straight into one buffer per connection and handed to rustls from there;
+//! rustls writes records into another, written with one call per flush.
 //!
 //! Cancellation: an operation dropped mid-way (a timeout, a drain) leaves
 //! the connection's TLS state unusable; callers close the connection then,
@@ -35,6 +34,30 @@ pub struct TlsStream<IO, C> {
     eof: bool,
 }
 
+/// Completes a plaintext read into `buf`'s spare room: marks what the read
+/// wrote.
+pub(super) fn filled<T: IoBufMut>(read: io::Result<usize>, mut buf: T) -> BufResult<usize, T> {
+    match read {
+        Ok(n) => {
+            sys::mark_init(&mut buf, n);
+            (Ok(n), buf)
+        }
+        Err(e) => (Err(e), buf),
+    }
+}
+
+/// Vectored reads are not used by the gateway: refused rather than
+/// half-supported.
+pub(super) fn no_readv<T>(buf: T) -> BufResult<usize, T> {
+    (
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "vectored reads are not supported on TLS streams",
+        )),
+        buf,
+    )
+}
+
 fn invalid(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
@@ -46,16 +69,10 @@ where
     SD: SideData,
 {
     pub fn new(io: IO, conn: C) -> Self {
-        Self::with_received(io, conn, Vec::with_capacity(READ_CHUNK))
-    }
-
-    /// A stream whose first ciphertext bytes were already read from `io`
-    /// (behind a PROXY protocol header, say).
-    pub fn with_received(io: IO, conn: C, received: Vec<u8>) -> Self {
         TlsStream {
             io,
             conn,
-            rx: received,
+            rx: Vec::with_capacity(READ_CHUNK),
             rx_pos: 0,
             tx: Vec::new(),
             eof: false,
@@ -183,24 +200,12 @@ where
     SD: SideData,
 {
     async fn read<T: IoBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
-        match self.read_plain(sys::spare_of(&mut buf)).await {
-            Ok(n) => {
-                sys::mark_init(&mut buf, n);
-                (Ok(n), buf)
-            }
-            Err(e) => (Err(e), buf),
-        }
+        let r = self.read_plain(sys::spare_of(&mut buf)).await;
+        filled(r, buf)
     }
 
-    /// Not used by the gateway: refused rather than half-supported.
     async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
-        (
-            Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "vectored reads are not supported on TLS streams",
-            )),
-            buf,
-        )
+        no_readv(buf)
     }
 }
 
@@ -243,63 +248,5 @@ where
         self.conn.send_close_notify();
         let _ = self.flush_tx().await;
         self.io.shutdown().await
-    }
-}
-
-impl<C, SD> crate::http::io::Park for TlsStream<monoio::net::TcpStream, C>
-where
-    C: DerefMut + Deref<Target = ConnectionCommon<SD>>,
-    SD: SideData,
-{
-    fn can_park(&self) -> bool {
-        self.is_drained()
-    }
-
-    async fn readable(&self) -> io::Result<()> {
-        crate::http::io::Park::readable(&self.io).await
-    }
-
-    async fn read_held(
-        &mut self,
-        buf: &mut Vec<u8>,
-        c: monoio::io::CancelHandle,
-    ) -> io::Result<usize> {
-        crate::http::io::Park::read_held(&mut self.io, buf, c).await
-    }
-
-    fn received(&mut self, bytes: &[u8], _rbuf: &mut Vec<u8>) {
-        // Drained (`can_park`): every earlier byte went to rustls, so
-        // these are the buffer's only ones; the next plaintext read hands
-        // them over without reading.
-        self.rx.clear();
-        self.rx_pos = 0;
-        self.rx.extend_from_slice(bytes);
-    }
-
-    fn release(&mut self, pool: &crate::worker::BufferPool) {
-        // Drained: every ciphertext byte went to rustls.
-        if self.rx_pos == self.rx.len() {
-            self.rx_pos = 0;
-            pool.put_record(std::mem::take(&mut self.rx));
-        }
-        // Flushed: the outgoing buffer is as large as the largest write so
-        // far (a response's 32 KiB chunk, a certificate chain); the pool
-        // keeps a standard one and frees a grown one.
-        if self.tx.is_empty() {
-            pool.put_record(std::mem::take(&mut self.tx));
-        }
-    }
-
-    async fn finish(&mut self) {
-        let _ = monoio::io::AsyncWriteRent::shutdown(self).await;
-    }
-
-    fn restore(&mut self, pool: &crate::worker::BufferPool) {
-        if self.rx.capacity() == 0 {
-            self.rx = pool.take_record();
-        }
-        if self.tx.capacity() == 0 {
-            self.tx = pool.take_record();
-        }
     }
 }

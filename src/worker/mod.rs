@@ -636,7 +636,7 @@ async fn serve_tls(
     tls: Arc<crate::tls::TlsListener>,
 ) {
     let ctx = conn.ctx.clone();
-    let session = match rustls::ServerConnection::new(tls.server.clone()) {
+    let session = match rustls::server::UnbufferedServerConnection::new(tls.server.clone()) {
         Ok(s) => s,
         Err(_) => return,
     };
@@ -652,7 +652,7 @@ async fn serve_tls(
         conn.peer = source.unwrap_or(conn.peer);
         conn.proxy_protocol = false;
     }
-    let mut stream = crate::tls::TlsStream::with_received(stream, session, received);
+    let mut stream = crate::tls::ServerStream::with_received(stream, session, received);
     let wait = deadline.saturating_duration_since(Instant::now());
     let done = monoio::time::timeout(wait, stream.handshake()).await;
     if !matches!(done, Ok(Ok(()))) {
