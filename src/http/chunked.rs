@@ -72,7 +72,6 @@ impl ChunkedDecoder {
         }
     }
 
-    /// Starts a new body, keeping allocations.
     /// Sets the largest trailer section accepted (the config's head limit,
     /// taken per request so that it follows reloads).
     pub fn limit(&mut self, max_trailers: usize) {
@@ -86,6 +85,7 @@ impl ChunkedDecoder {
         }
     }
 
+    /// Starts a new body, keeping allocations.
     pub fn reset(&mut self) {
         self.state = State::Size;
         self.size = 0;

@@ -220,11 +220,6 @@ where
         &self.conn
     }
 
-    /// The underlying stream.
-    pub fn io(&self) -> &IO {
-        &self.io
-    }
-
     /// Every byte the peer sent has been read: no partial record, no
     /// plaintext waiting.
     pub fn is_drained(&self) -> bool {
