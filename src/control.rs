@@ -96,6 +96,7 @@ pub fn run(config_path: PathBuf, config: Config) -> Result<(), StartError> {
     }
     let driver = drivers.first().map_or("none", |d| d.name());
     let completions = drivers.first().map_or("none", |d| d.completions());
+    let wait_batch = drivers.first().map_or(1, |d| d.wait_batch());
     state.set_workers(handles.iter().map(|h| h.control.clone()).collect());
     // Each worker learns the others and the cluster store, for rate-limit
     // reconciliation.
@@ -131,7 +132,13 @@ pub fn run(config_path: PathBuf, config: Config) -> Result<(), StartError> {
     spawn_list_watcher(watch.clone())?;
     // Readiness first: whoever acts on the log line must find /readyz ready.
     state.ready.store(true, Ordering::Release);
-    tracing::info!(workers = handles.len(), driver, completions, "ready");
+    tracing::info!(
+        workers = handles.len(),
+        driver,
+        completions,
+        wait_batch,
+        "ready"
+    );
 
     let mut current = config;
     for signal in signals.forever() {

@@ -77,6 +77,40 @@ fn io_uring_completion_work_is_deferred_unless_disabled() {
     }
 }
 
+/// io_uring waits collect several completions unless turned off, and a
+/// wait holds a completion for more only while the worker is busy: one
+/// client's sequential requests, each alone in the worker, are not held
+/// for the batch time (here 200 ms, so holding every wait would take 8 s
+/// or more for these 20 requests).
+#[test]
+fn io_uring_waits_are_batched_without_holding_lone_requests() {
+    let up = Upstream::new(Reply::ok("x"));
+    for (setting, batch) in [
+        ("io_uring_wait_batch_us = 200000\n", "64"),
+        ("io_uring_wait_batch = 1\n", "1"),
+    ] {
+        let body = format!("{}{}", cluster("c", &[&up], ""), route_all("c"));
+        let text =
+            config("io_uring", &body).replacen("[server]\n", &format!("[server]\n{setting}"), 1);
+        let gw = Gateway::start(&text);
+        let ready = gw.wait_log("wait_batch=");
+        assert!(ready.contains(&format!("wait_batch={batch}")), "{ready}");
+        let started = Instant::now();
+        let mut c = Client::connect(gw.main());
+        for _ in 0..10 {
+            assert_eq!(c.get("/").status, 200, "{setting}");
+        }
+        for _ in 0..10 {
+            assert_eq!(Client::connect(gw.main()).get("/").status, 200, "{setting}");
+        }
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed < Duration::from_secs(3),
+            "{setting}: 20 lone requests took {elapsed:?}"
+        );
+    }
+}
+
 #[test]
 fn idle_keep_alive_connections_are_closed() {
     let body = "[timeouts]\nkeepalive_idle = \"300ms\"\n[[routes]]\nname = \"r\"\nrespond = { status = 200, body = \"ok\" }\n";

@@ -111,6 +111,12 @@ pub fn io_uring_entries() -> u32 {
 pub fn io_uring_defer_taskrun() -> bool {
     true
 }
+pub fn io_uring_wait_batch() -> u32 {
+    64
+}
+pub fn io_uring_wait_batch_us() -> u32 {
+    50
+}
 pub fn request_head() -> Duration {
     Duration(REQUEST_HEAD)
 }

@@ -48,6 +48,12 @@ pub struct Config {
     /// Run io_uring completion work only when the worker waits for it
     /// (`IORING_SETUP_DEFER_TASKRUN`), instead of interrupting it.
     pub io_uring_defer_taskrun: bool,
+    /// The most io_uring completions one wait of a worker collects (1:
+    /// every wait returns at the first).
+    pub io_uring_wait_batch: u32,
+    /// How long, in microseconds, a wait that has a completion may hold it
+    /// for more.
+    pub io_uring_wait_batch_us: u32,
     /// Add `Via: 1.1 ringgate` both ways (RFC 9110 7.6.3).
     pub via: bool,
     pub drain_timeout: Duration,

@@ -89,6 +89,10 @@ pub struct RawServer {
     pub io_uring_entries: u32,
     #[serde(default = "d::io_uring_defer_taskrun")]
     pub io_uring_defer_taskrun: bool,
+    #[serde(default = "d::io_uring_wait_batch")]
+    pub io_uring_wait_batch: u32,
+    #[serde(default = "d::io_uring_wait_batch_us")]
+    pub io_uring_wait_batch_us: u32,
     #[serde(default)]
     pub via: bool,
     #[serde(default = "d::trace_context")]
@@ -104,6 +108,8 @@ impl Default for RawServer {
             drain_timeout: d::drain_timeout(),
             io_uring_entries: d::io_uring_entries(),
             io_uring_defer_taskrun: d::io_uring_defer_taskrun(),
+            io_uring_wait_batch: d::io_uring_wait_batch(),
+            io_uring_wait_batch_us: d::io_uring_wait_batch_us(),
             via: false,
             trace_context: d::trace_context(),
         }

@@ -89,6 +89,18 @@ fn build(c: &mut Checker<'_>, raw: RawConfig, dir: &std::path::Path) -> Config {
             "io_uring_entries must be between 8 and 32768",
         );
     }
+    if !(1..=4096).contains(&raw.server.io_uring_wait_batch) {
+        c.error(
+            &server.key("io_uring_wait_batch"),
+            "io_uring_wait_batch must be between 1 (off) and 4096",
+        );
+    }
+    if !(1..=1_000_000).contains(&raw.server.io_uring_wait_batch_us) {
+        c.error(
+            &server.key("io_uring_wait_batch_us"),
+            "io_uring_wait_batch_us must be between 1 and 1000000",
+        );
+    }
 
     let t = &raw.timeouts;
     let tp = root.key("timeouts");
@@ -349,6 +361,8 @@ fn build(c: &mut Checker<'_>, raw: RawConfig, dir: &std::path::Path) -> Config {
         pin_workers: raw.server.pin_workers,
         io_uring_entries: raw.server.io_uring_entries,
         io_uring_defer_taskrun: raw.server.io_uring_defer_taskrun,
+        io_uring_wait_batch: raw.server.io_uring_wait_batch,
+        io_uring_wait_batch_us: raw.server.io_uring_wait_batch_us,
         via: raw.server.via,
         drain_timeout: raw.server.drain_timeout.0,
         timeouts,

@@ -172,6 +172,11 @@ where
         }
     }
 
+    /// The driver this one parks with.
+    pub(crate) fn parker(&self) -> &D {
+        &self.park
+    }
+
     fn park_internal(&self, limit: Option<Duration>) -> io::Result<()> {
         let mut inner_state = self.handle.get().state.borrow_mut();
 
