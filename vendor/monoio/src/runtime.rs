@@ -123,16 +123,6 @@ pub struct Runtime<D> {
 }
 
 #[cfg(all(target_os = "linux", feature = "iouring"))]
-impl Runtime<crate::IoUringDriver> {
-    /// Makes the driver's waits collect several completions at once; see
-    /// [`crate::WaitBatch`]. Returns false, leaving waits single, when
-    /// the kernel has no minimum wait time (before Linux 6.12).
-    pub fn set_wait_batch(&self, batch: crate::WaitBatch) -> bool {
-        self.driver.set_wait_batch(batch)
-    }
-}
-
-#[cfg(all(target_os = "linux", feature = "iouring"))]
 impl Runtime<crate::time::TimeDriver<crate::IoUringDriver>> {
     /// Makes the driver's waits collect several completions at once; see
     /// [`crate::WaitBatch`]. Returns false, leaving waits single, when

@@ -316,9 +316,8 @@ impl IoUringDriver {
             }
 
             // 2.3 install timeout and submit_and_wait with timeout
-            let want = inner.want;
-            if let (true, Some(batch)) = (want > 1, inner.batch) {
-                inner.wait_batched(want, batch.wait, timeout)?;
+            if let Some(batch) = inner.batch.filter(|_| inner.want > 1) {
+                inner.wait_batched(inner.want, batch.wait, timeout)?;
             } else if let Some(duration) = timeout {
                 match inner.ext_arg {
                     // Submit and Wait with timeout in an TimeoutOp way.
