@@ -1,5 +1,5 @@
 //! The one place with `unsafe` code: a non-blocking socket peek, the
-//! allocation-counting global allocator, byte views of monoio's owned
+//! allocation-counting global allocator, a low-water mark for tests, byte views of monoio's owned
 //! buffers (for the TLS adapter) and a gathered write of two owned buffers.
 //! Everything else goes through monoio, socket2 and std.
 #![allow(unsafe_code)]
@@ -29,6 +29,29 @@ pub fn socket_is_quiet(fd: RawFd) -> bool {
     }
     // 0: the peer closed; >0: bytes nobody asked for (a stale response).
     false
+}
+
+/// Sets a socket's receive low-water mark (`SO_RCVLOWAT`): it is readable
+/// only once that many bytes wait. Tests use it to tell a receive that
+/// waits for readability from one that tries the socket first.
+#[cfg(test)]
+pub fn set_recv_low_water(fd: RawFd, bytes: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: `fd` is an open socket owned by the caller, and the option
+    // value is a `c_int` of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            std::ptr::addr_of!(bytes).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// A global allocator that counts allocations made on worker threads, so the

@@ -11,13 +11,31 @@ use std::io;
 use std::time::Duration;
 
 use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{
-    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent,
-};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelHandle};
 
-/// Any byte stream a connection runs over (TCP now, TLS later).
-pub trait Stream: AsyncReadRent + AsyncWriteRent {}
-impl<T: AsyncReadRent + AsyncWriteRent> Stream for T {}
+/// Any byte stream a connection runs over: TCP, or TLS over TCP.
+pub trait Stream: AsyncReadRent + AsyncWriteRent {
+    /// Reads like `read`, when the socket most likely has nothing to read
+    /// yet: an upstream's response just asked for, a client's next
+    /// request. TCP then waits for readability before it tries to
+    /// receive, which saves io_uring a failed receive per request; other
+    /// streams read as usual.
+    fn read_awaiting<T: IoBufMut>(
+        &mut self,
+        buf: T,
+    ) -> impl std::future::Future<Output = monoio::BufResult<usize, T>> {
+        self.read(buf)
+    }
+}
+
+impl Stream for monoio::net::TcpStream {
+    fn read_awaiting<T: IoBufMut>(
+        &mut self,
+        buf: T,
+    ) -> impl std::future::Future<Output = monoio::BufResult<usize, T>> {
+        monoio::net::TcpStream::read_awaiting(self, buf)
+    }
+}
 
 /// A client stream that can wait for its next bytes without its buffers:
 /// with a small held read that can be cancelled without losing bytes, then
@@ -75,7 +93,10 @@ impl Park for monoio::net::TcpStream {
         debug_assert!(buf.len() < buf.capacity());
         let owned = std::mem::take(buf);
         let len = owned.len();
-        let (res, slice) = self.cancelable_read(owned.slice_mut(len..), c).await;
+        // Held between requests, so most likely nothing is there yet.
+        let (res, slice) = self
+            .cancelable_read_awaiting(owned.slice_mut(len..), c)
+            .await;
         *buf = slice.into_inner();
         res
     }
@@ -140,14 +161,32 @@ pub fn make_room(buf: &mut Vec<u8>, start: &mut usize) {
 /// # Errors
 /// The I/O error of the read.
 pub async fn read_into<S: Stream>(stream: &mut S, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let (owned, len) = lend(buf);
+    let (res, slice) = stream.read(owned.slice_mut(len..)).await;
+    *buf = slice.into_inner();
+    res
+}
+
+/// [`read_into`] for bytes that most likely have not come yet (see
+/// [`Stream::read_awaiting`]).
+///
+/// # Errors
+/// The I/O error of the read.
+pub async fn read_into_awaiting<S: Stream>(stream: &mut S, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let (owned, len) = lend(buf);
+    let (res, slice) = stream.read_awaiting(owned.slice_mut(len..)).await;
+    *buf = slice.into_inner();
+    res
+}
+
+/// Takes `buf` (with room to read into) to lend to a read, and its length.
+fn lend(buf: &mut Vec<u8>) -> (Vec<u8>, usize) {
     if buf.len() == buf.capacity() {
         buf.reserve(4096);
     }
     let owned = std::mem::take(buf);
     let len = owned.len();
-    let (res, slice) = stream.read(owned.slice_mut(len..)).await;
-    *buf = slice.into_inner();
-    res
+    (owned, len)
 }
 
 /// Writes all of `buf[range]`, keeping the buffer.
@@ -256,6 +295,80 @@ mod tests {
                 .await
                 .expect("the waiting bytes");
             assert_eq!(&buf[..n], b"GET / HTTP/1.1\r\n\r\n");
+        });
+    }
+
+    /// A connected pair on loopback, the client a blocking std socket, the
+    /// server's receive low-water mark (`SO_RCVLOWAT`) at 8 bytes: with
+    /// fewer there, the server socket is not readable.
+    async fn low_water_pair() -> (std::net::TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        crate::sys::set_recv_low_water(std::os::fd::AsRawFd::as_raw_fd(&server), 8)
+            .expect("SO_RCVLOWAT");
+        (client, server)
+    }
+
+    /// Writes 4 bytes now, which loopback delivers before the write
+    /// returns, and 4 more from another thread 200 ms later, after
+    /// setting the flag it returns.
+    fn four_now_four_later(
+        mut client: std::net::TcpStream,
+    ) -> (
+        std::thread::JoinHandle<()>,
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        use std::io::Write;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        client.write_all(b"1234").unwrap();
+        let later = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = later.clone();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            flag.store(true, Ordering::SeqCst);
+            client.write_all(b"5678").unwrap();
+        });
+        (writer, later)
+    }
+
+    /// A read awaiting its bytes waits for the socket to be readable before
+    /// it receives (io_uring's poll-first receive): with 4 bytes there and
+    /// the low-water mark at 8, it waits for the next 4, where a read that
+    /// tries the socket first returns the 4 at once.
+    #[test]
+    fn an_awaiting_read_waits_for_readability_before_it_receives() {
+        io_uring(async {
+            let (client, mut server) = low_water_pair().await;
+            let (writer, later) = four_now_four_later(client);
+            let (n, buf) = Stream::read_awaiting(&mut server, vec![0u8; 16]).await;
+            assert!(
+                later.load(std::sync::atomic::Ordering::SeqCst),
+                "the read received before the socket was readable"
+            );
+            assert_eq!(&buf[..n.unwrap()], b"12345678");
+            writer.join().unwrap();
+        });
+    }
+
+    /// The same for the read held between a keep-alive connection's
+    /// requests, which asks for its bytes the same way.
+    #[test]
+    fn a_held_read_waits_for_readability_before_it_receives() {
+        io_uring(async {
+            let (client, mut server) = low_water_pair().await;
+            let (writer, later) = four_now_four_later(client);
+            let mut buf = Vec::with_capacity(16);
+            let n = server
+                .read_held(&mut buf, Canceller::new().handle())
+                .await
+                .unwrap();
+            assert!(
+                later.load(std::sync::atomic::Ordering::SeqCst),
+                "the held read received before the socket was readable"
+            );
+            assert_eq!(&buf[..n], b"12345678");
+            writer.join().unwrap();
         });
     }
 

@@ -28,7 +28,7 @@ use super::conn::{respond_error, Downstream, Next};
 use super::head::{
     parse_response, trim, Framing, Header, Method, Parse, RequestView, ResponseHead, Version,
 };
-use super::io::{read_into, write_all, write_gather, ReadError, Stream};
+use super::io::{read_into, read_into_awaiting, write_all, write_gather, ReadError, Stream};
 use super::response::{push_field, push_ip, push_u64, RequestId};
 use crate::error::GatewayError;
 use crate::observability::metrics::UpstreamErrorKind;
@@ -513,7 +513,16 @@ async fn read_response_head<U: Stream>(
                 Err(_) => return Err(RespError::Invalid),
             }
         }
-        match monoio::time::timeout_at(deadline, read_into(upstream, buf)).await {
+        // The first read waits for the response just asked for: nothing
+        // is there yet (see `Stream::read_awaiting`).
+        let read = async {
+            if buf.is_empty() {
+                read_into_awaiting(upstream, buf).await
+            } else {
+                read_into(upstream, buf).await
+            }
+        };
+        match monoio::time::timeout_at(deadline, read).await {
             Ok(Ok(0)) if buf.is_empty() => return Err(RespError::ClosedEarly),
             Ok(Ok(0)) => return Err(RespError::Truncated),
             Ok(Ok(_)) => {}

@@ -404,6 +404,8 @@ enum FailWith {
     Io(io::Error),
 }
 
+impl<IO> crate::http::io::Stream for ServerStream<IO> where IO: AsyncReadRent + AsyncWriteRent {}
+
 impl<IO> AsyncReadRent for ServerStream<IO>
 where
     IO: AsyncReadRent + AsyncWriteRent,

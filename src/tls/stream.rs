@@ -193,6 +193,14 @@ where
     }
 }
 
+impl<IO, C, SD> crate::http::io::Stream for TlsStream<IO, C>
+where
+    IO: AsyncReadRent + AsyncWriteRent,
+    C: DerefMut + Deref<Target = ConnectionCommon<SD>>,
+    SD: SideData,
+{
+}
+
 impl<IO, C, SD> AsyncReadRent for TlsStream<IO, C>
 where
     IO: AsyncReadRent + AsyncWriteRent,

@@ -49,11 +49,32 @@ pub(crate) struct Recv<T> {
 
     /// Reference to the in-flight buffer.
     pub(crate) buf: T,
+
+    /// Tells io_uring the socket most likely has nothing to read yet.
+    #[allow(unused)]
+    poll_first: bool,
 }
 
 impl<T: IoBufMut> Op<Recv<T>> {
     pub(crate) fn recv(fd: SharedFd, buf: T) -> io::Result<Self> {
-        Op::submit_with(Recv { fd, buf })
+        Op::submit_with(Recv {
+            fd,
+            buf,
+            poll_first: false,
+        })
+    }
+
+    /// A receive on a socket that most likely has nothing to read yet: on
+    /// io_uring it waits for readability before its first attempt
+    /// (`IORING_RECVSEND_POLL_FIRST`, Linux 5.19), rather than trying the
+    /// socket at submission and arming the poll after that fails. Bytes
+    /// that are already there still come, through the poll.
+    pub(crate) fn recv_awaiting(fd: SharedFd, buf: T) -> io::Result<Self> {
+        Op::submit_with(Recv {
+            fd,
+            buf,
+            poll_first: true,
+        })
     }
 
     #[allow(unused)]
@@ -61,6 +82,7 @@ impl<T: IoBufMut> Op<Recv<T>> {
         Recv {
             fd: fd.clone(),
             buf,
+            poll_first: false,
         }
     }
 
@@ -79,15 +101,39 @@ impl<T: IoBufMut> Op<Recv<T>> {
     }
 }
 
+/// `IORING_RECVSEND_POLL_FIRST`, from the kernel's `io_uring.h`.
+#[cfg(all(target_os = "linux", feature = "iouring"))]
+const IORING_RECVSEND_POLL_FIRST: u16 = 1;
+
+/// Sets a submission's `ioprio`, which io-uring 0.6's `Recv` builder does
+/// not expose (send and receive flags live there).
+#[cfg(all(target_os = "linux", feature = "iouring"))]
+fn set_ioprio(entry: &mut io_uring::squeue::Entry, ioprio: u16) {
+    // Safety: `Entry` is `#[repr(C)]` around the kernel's `io_uring_sqe`,
+    // which begins `opcode: u8, flags: u8, ioprio: u16`: the field is the
+    // aligned `u16` at byte 2.
+    unsafe {
+        (entry as *mut io_uring::squeue::Entry)
+            .cast::<u8>()
+            .add(2)
+            .cast::<u16>()
+            .write(ioprio);
+    }
+}
+
 impl<T: IoBufMut> OpAble for Recv<T> {
     #[cfg(all(target_os = "linux", feature = "iouring"))]
     fn uring_op(&mut self) -> io_uring::squeue::Entry {
-        opcode::Recv::new(
+        let mut entry = opcode::Recv::new(
             types::Fd(self.fd.raw_fd()),
             self.buf.write_ptr(),
             self.buf.bytes_total() as _,
         )
-        .build()
+        .build();
+        if self.poll_first {
+            set_ioprio(&mut entry, IORING_RECVSEND_POLL_FIRST);
+        }
+        entry
     }
 
     #[cfg(any(feature = "legacy", feature = "poll-io"))]

@@ -230,6 +230,31 @@ impl TcpStream {
         }
     }
 
+    /// Reads like [`AsyncReadRent::read`], on a socket that most likely
+    /// has nothing to read yet (a response just asked for, a keep-alive
+    /// connection's next request): on io_uring the receive waits for
+    /// readability before its first attempt rather than failing one at
+    /// submission. Bytes already there are read all the same.
+    pub async fn read_awaiting<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        let op = Op::recv_awaiting(self.fd.clone(), buf).unwrap();
+        op.read().await
+    }
+
+    /// [`TcpStream::read_awaiting`], cancelable like
+    /// [`CancelableAsyncReadRent::cancelable_read`].
+    pub async fn cancelable_read_awaiting<T: IoBufMut>(
+        &mut self,
+        buf: T,
+        c: CancelHandle,
+    ) -> BufResult<usize, T> {
+        if c.canceled() {
+            return (Err(operation_canceled()), buf);
+        }
+        let op = Op::recv_awaiting(self.fd.clone(), buf).unwrap();
+        let _guard = c.associate_op(op.op_canceller());
+        op.read().await
+    }
+
     /// Wait for read readiness.
     /// Note: Do not use it before every io. It is different from other runtimes!
     ///
