@@ -12,8 +12,11 @@
 # --observability adds the target ringgate-obs: the same build with the
 # access log on (to a file) besides the always-on metrics. --baseline adds
 # ringgate-base: another ringgate binary (e.g. built from an earlier commit)
-# with the plain config, for before/after comparisons in the same run. Both
-# take part in the throughput phase only. --baseline-driver runs the
+# with the plain config, for before/after comparisons in the same run.
+# ringgate-obs takes part in the throughput phase only; ringgate-base also
+# in the latency phase, so one run compares two builds' tails, rep by rep
+# (a table of ringgate's p99 over the baseline's follows the latency
+# table). --baseline-driver runs the
 # baseline on the given event loop (e.g. --baseline target/release/ringgate
 # --baseline-driver epoll compares the two drivers of one build). --ip-list N gives every ringgate
 # target except the baseline a global deny list file of N entries;
@@ -488,8 +491,10 @@ import statistics
 rows = [l.split() for l in open('$OUT/raw.tsv').read().splitlines()[1:] if l.split()[:2] == ['nginx', 'small']]
 print(int(statistics.median(float(r[3]) for r in rows) / 2) if rows else 10000)")
   echo "target rep p50 p90 p99 p999 max requests errors" > "$OUT/latency.tsv"
+  LATENCY_TARGETS="$TARGETS"
+  case "$EXTRA" in *ringgate-base*) LATENCY_TARGETS="$TARGETS ringgate-base" ;; esac
   for rep in $(seq "$REPS"); do
-    for target in $TARGETS; do
+    for target in $LATENCY_TARGETS; do
       url="http://127.0.0.1:$(port_of "$target")/small"
       line=$(taskset -c 1 "$LOADGEN" "$url" "$RATE" "$DURATION" 64 "$OUT/$target.latency.$rep.hgrm")
       python3 -c "
@@ -513,6 +518,22 @@ for t in targets:
     # the rep with the median p99 is the one drawn
     v.sort(key=lambda r: float(r[4]))
     best[t] = v[len(v) // 2][1]
+if "ringgate-base" in targets:
+    # Paired by rep: both ran within the same minute, so drift that moves
+    # one moves the other.
+    by = {(r[0], r[1]): r for r in rows}
+    print("\nringgate over ringgate-base, rep by rep (p50, p99, p99.9):\n")
+    print("| rep | p50 | p99 | p99.9 |")
+    print("|---:|---:|---:|---:|")
+    ratios = []
+    for rep in sorted({r[1] for r in rows}, key=int):
+        a, b = by.get(("ringgate", rep)), by.get(("ringgate-base", rep))
+        if a and b:
+            q = [float(a[i]) / float(b[i]) for i in (2, 4, 5)]
+            ratios.append(q)
+            print(f"| {rep} | " + " | ".join(f"{x:.2f}" for x in q) + " |")
+    if ratios:
+        print("| median | " + " | ".join(f"{statistics.median(q[i] for q in ratios):.2f}" for i in range(3)) + " |")
 # latency.svg: percentile curves, x = 1/(1-p) on a log scale
 import math
 curves = {}
@@ -528,7 +549,7 @@ xmax = 1e4
 ymax = max(y for pts in curves.values() for x, y in pts if x <= xmax) * 1.1
 sx = lambda x: L + (W - L - 20) * math.log10(max(x, 1)) / math.log10(xmax)
 sy = lambda y: H - B - (H - B - 20) * y / ymax
-colors = {"ringgate": "#d62728", "nginx": "#2ca02c", "haproxy": "#1f77b4"}
+colors = {"ringgate": "#d62728", "nginx": "#2ca02c", "haproxy": "#1f77b4", "ringgate-base": "#ff9896"}
 svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
        f'<rect width="{W}" height="{H}" fill="white"/>',
        f'<text x="{W/2}" y="14" text-anchor="middle">Latency by percentile at {int(rate):,} req/s (open loop)</text>']
