@@ -1,7 +1,8 @@
 //! The one place with `unsafe` code: a non-blocking socket peek, the
-//! allocation-counting global allocator, a low-water mark for tests, byte views of monoio's owned
-//! buffers (for the TLS adapter) and a gathered write of two owned buffers.
-//! Everything else goes through monoio, socket2 and std.
+//! allocation-counting global allocator, byte views of monoio's owned
+//! buffers (for the TLS adapter), a gathered write of two owned buffers
+//! and, for tests, a receive low-water mark. Everything else goes through
+//! monoio, socket2 and std.
 #![allow(unsafe_code)]
 
 use std::os::fd::RawFd;

@@ -472,7 +472,11 @@ type UringRuntime = monoio::Runtime<monoio::time::TimeDriver<IoUringDriver>>;
 /// (`IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN`, Linux 6.1).
 /// The ring is built on the worker's own thread, which is its only
 /// submitter. A kernel that refuses the flags gets a plain ring.
-fn uring_runtime(id: usize, entries: u32, defer: bool) -> io::Result<(UringRuntime, bool)> {
+pub(crate) fn uring_runtime(
+    id: usize,
+    entries: u32,
+    defer: bool,
+) -> io::Result<(UringRuntime, bool)> {
     let build = |urb: io_uring::Builder| {
         RuntimeBuilder::<IoUringDriver>::new()
             .uring_builder(urb)
