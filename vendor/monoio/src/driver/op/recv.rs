@@ -57,23 +57,19 @@ pub(crate) struct Recv<T> {
 
 impl<T: IoBufMut> Op<Recv<T>> {
     pub(crate) fn recv(fd: SharedFd, buf: T) -> io::Result<Self> {
-        Op::submit_with(Recv {
-            fd,
-            buf,
-            poll_first: false,
-        })
+        Self::recv_with(fd, buf, false)
     }
 
-    /// A receive on a socket that most likely has nothing to read yet: on
-    /// io_uring it waits for readability before its first attempt
-    /// (`IORING_RECVSEND_POLL_FIRST`, Linux 5.19), rather than trying the
-    /// socket at submission and arming the poll after that fails. Bytes
-    /// that are already there still come, through the poll.
-    pub(crate) fn recv_awaiting(fd: SharedFd, buf: T) -> io::Result<Self> {
+    /// A receive; with `poll_first`, on a socket that most likely has
+    /// nothing to read yet: on io_uring it waits for readability before its
+    /// first attempt (`IORING_RECVSEND_POLL_FIRST`, Linux 5.19), rather
+    /// than trying the socket at submission and arming the poll after that
+    /// fails. Bytes that are already there still come, through the poll.
+    pub(crate) fn recv_with(fd: SharedFd, buf: T, poll_first: bool) -> io::Result<Self> {
         Op::submit_with(Recv {
             fd,
             buf,
-            poll_first: true,
+            poll_first,
         })
     }
 

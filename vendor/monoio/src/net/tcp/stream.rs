@@ -236,7 +236,7 @@ impl TcpStream {
     /// readability before its first attempt rather than failing one at
     /// submission. Bytes already there are read all the same.
     pub async fn read_awaiting<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
-        let op = Op::recv_awaiting(self.fd.clone(), buf).unwrap();
+        let op = Op::recv_with(self.fd.clone(), buf, true).unwrap();
         op.read().await
     }
 
@@ -247,10 +247,19 @@ impl TcpStream {
         buf: T,
         c: CancelHandle,
     ) -> BufResult<usize, T> {
+        self.cancelable_recv(buf, c, true).await
+    }
+
+    async fn cancelable_recv<T: IoBufMut>(
+        &mut self,
+        buf: T,
+        c: CancelHandle,
+        poll_first: bool,
+    ) -> BufResult<usize, T> {
         if c.canceled() {
             return (Err(operation_canceled()), buf);
         }
-        let op = Op::recv_awaiting(self.fd.clone(), buf).unwrap();
+        let op = Op::recv_with(self.fd.clone(), buf, poll_first).unwrap();
         let _guard = c.associate_op(op.op_canceller());
         op.read().await
     }
@@ -455,15 +464,7 @@ impl CancelableAsyncReadRent for TcpStream {
         buf: T,
         c: CancelHandle,
     ) -> crate::BufResult<usize, T> {
-        let fd = self.fd.clone();
-
-        if c.canceled() {
-            return (Err(operation_canceled()), buf);
-        }
-
-        let op = Op::recv(fd, buf).unwrap();
-        let _guard = c.associate_op(op.op_canceller());
-        op.read().await
+        self.cancelable_recv(buf, c, false).await
     }
 
     #[inline]
