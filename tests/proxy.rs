@@ -36,6 +36,34 @@ fn forwards_request_and_response_on_both_drivers() {
     }
 }
 
+/// A response body that arrives with its head leaves with it, copied
+/// behind the head up to 4 KiB and gathered from the upstream buffer
+/// beyond: bodies on both sides of that line come through whole, and the
+/// connection stays usable after each.
+#[test]
+fn bodies_that_arrive_with_the_head_come_through_whole() {
+    const SIZES: [usize; 7] = [0, 1, 4000, 4096, 4097, 20_000, 40_000];
+    let up = Upstream::with(|rec| {
+        let len: usize = rec.target.trim_start_matches('/').parse().unwrap();
+        let mut raw = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n").into_bytes();
+        raw.extend_from_slice(&pattern(0, len));
+        Reply::Raw(raw)
+    });
+    for driver in DRIVERS {
+        let gw = gateway(driver, &up, "");
+        let mut c = Client::connect(gw.main());
+        for len in SIZES {
+            let r = c.request(&format!("GET /{len} HTTP/1.1\r\nHost: t\r\n\r\n"));
+            assert_eq!(r.status, 200, "{driver} {len}");
+            assert_eq!(r.header("content-length"), Some(len.to_string().as_str()));
+            assert!(
+                r.body == pattern(0, len),
+                "{driver}: body of {len} bytes altered"
+            );
+        }
+    }
+}
+
 #[test]
 fn hop_by_hop_headers_are_removed_both_ways() {
     let up = Upstream::new(Reply::status(
