@@ -15,8 +15,8 @@
 # with the plain config, for before/after comparisons in the same run.
 # ringgate-obs takes part in the throughput phase only; ringgate-base also
 # in the latency phase, so one run compares two builds' tails, rep by rep
-# (a table of ringgate's p50, p99 and p99.9 over the baseline's follows the latency
-# table). --baseline-driver runs the
+# (a table of ringgate's p50, p99 and p99.9 over the baseline's follows
+# the latency table). --baseline-driver runs the
 # baseline on the given event loop (e.g. --baseline target/release/ringgate
 # --baseline-driver epoll compares the two drivers of one build). --ip-list N gives every ringgate
 # target except the baseline a global deny list file of N entries;

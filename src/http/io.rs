@@ -50,8 +50,8 @@ pub trait Park {
     /// Reads the socket's next bytes into `buf`'s spare capacity, until
     /// they come or `c` cancels the read. A read cancelled as its bytes
     /// arrive returns them or leaves them in the socket, so nothing is
-    /// lost (unlike dropping a read in flight). Returns 0 at end of stream and an `ECANCELED` error when
-    /// cancelled before any byte came.
+    /// lost (unlike dropping a read in flight). Returns 0 at end of stream
+    /// and an `ECANCELED` error when cancelled before any byte came.
     fn read_held(
         &mut self,
         buf: &mut Vec<u8>,
