@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use monoio::time::Instant;
+use monoio::time::{loop_now, Instant};
 
 use super::chunked::ChunkedDecoder;
 use super::head::{
@@ -407,7 +407,7 @@ async fn read_head<S: Stream>(
     loop {
         if d.x.start < d.x.rbuf.len() {
             if d.x.rec.started.is_none() {
-                d.x.rec.started = Some(Instant::now());
+                d.x.rec.started = Some(loop_now());
             }
             match parse_request(&d.x.rbuf[d.x.start..], limits, &mut d.x.head) {
                 Ok(Parse::Complete) => return HeadOutcome::Ready,
@@ -415,7 +415,7 @@ async fn read_head<S: Stream>(
                 Err(e) => return HeadOutcome::Error(e.into()),
             }
             // The head timeout runs from its first byte on keep-alive connections.
-            deadline.get_or_insert_with(|| Instant::now() + cfg.timeouts.request_head);
+            deadline.get_or_insert_with(|| loop_now() + cfg.timeouts.request_head);
             // Keep a partial head at the front so it can use the whole buffer.
             if d.x.start > 0 {
                 d.x.rbuf.copy_within(d.x.start.., 0);
@@ -434,7 +434,7 @@ async fn read_head<S: Stream>(
         }
         let idle = d.x.rbuf.is_empty();
         let wait = match deadline {
-            Some(t) => t.saturating_duration_since(Instant::now()),
+            Some(t) => t.saturating_duration_since(loop_now()),
             None => cfg.timeouts.keepalive_idle,
         };
         let read = monoio::time::timeout(wait, read_into(&mut d.conn.stream, &mut d.x.rbuf));

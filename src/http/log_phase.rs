@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use monoio::time::Instant;
+use monoio::time::{loop_now, Instant};
 
 use super::conn::Downstream;
 use super::head::{Method, RequestView};
@@ -180,7 +180,7 @@ pub fn finish<S: Stream>(
     method: Method,
     id: &RequestId,
 ) {
-    let now = Instant::now();
+    let now = loop_now();
     let total =
         d.x.rec
             .started

@@ -21,7 +21,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use monoio::time::Instant;
+use monoio::time::{loop_now, Instant};
 
 use super::body::{self, BodyError, Encode};
 use super::conn::{respond_error, Downstream, Next};
@@ -97,7 +97,7 @@ pub async fn forward<S: Stream>(
     };
 
     // pick upstream: connect errors are always safe to retry elsewhere
-    let now = Instant::now();
+    let now = loop_now();
     let mut tried = 0u64;
     let mut last = GatewayError::Unavailable;
     let mut attempts = 0;
@@ -163,10 +163,10 @@ pub async fn forward<S: Stream>(
     render_request_head(&mut d.x.wbuf, view, &upstream_head);
     d.consume_head();
 
-    // The clock is read as rarely as the timings allow (a read costs about
-    // as much as parsing a header field): a pooled connection was taken
-    // just now, so the request counts as sent from then.
-    let sent = if reused { now } else { Instant::now() };
+    // The loop's time (one clock read per wake-up, not per call): `now`
+    // if a pooled connection was taken in this turn of the loop, later if
+    // one had to be opened.
+    let sent = loop_now();
     let mut attempt_at = sent;
     loop {
         up.requests += 1;
@@ -184,7 +184,7 @@ pub async fn forward<S: Stream>(
                 attempt(ctx, snap, d, route, ep, &mut **s, ubuf, attempt_at, id).await
             }
         };
-        let done = Instant::now();
+        let done = loop_now();
         d.x.rec.upstream = Some(done.saturating_duration_since(sent));
         match result {
             Ok((next, reusable)) => {
@@ -201,7 +201,7 @@ pub async fn forward<S: Stream>(
                     Ok(conn) => {
                         up = conn;
                         reused = false;
-                        attempt_at = Instant::now();
+                        attempt_at = loop_now();
                     }
                     Err(_) => {
                         cluster.stats.error(UpstreamErrorKind::Connect);
@@ -316,7 +316,7 @@ async fn attempt<S: Stream, U: Stream>(
     // followed the head
     let max_head = cfg.limits.head.max_header_bytes;
     let mut deadline = if d.x.buffered || framing != Framing::Empty {
-        Instant::now()
+        loop_now()
     } else {
         began
     } + t.upstream_response_head;
@@ -369,7 +369,7 @@ async fn attempt<S: Stream, U: Stream>(
         interim_seen = true;
         let len = d.x.response.len;
         ubuf.drain(..len);
-        deadline = Instant::now() + t.upstream_response_head;
+        deadline = loop_now() + t.upstream_response_head;
     }
 
     // response head to the client

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use monoio::net::TcpStream;
-use monoio::time::Instant;
+use monoio::time::{loop_now, Instant};
 
 use crate::config::{ClusterConfig, Config, PoolConfig};
 use crate::observability::metrics::{ClusterStats, WorkerStats};
@@ -193,7 +193,7 @@ impl Endpoint {
                     stream,
                     buf: Vec::with_capacity(UPSTREAM_BUF),
                     requests: 0,
-                    idle_since: Instant::now(),
+                    idle_since: loop_now(),
                     stats: self.stats.clone(),
                 }))
             }
@@ -208,8 +208,7 @@ impl Endpoint {
                 let fails = self.fails.get() + 1;
                 self.fails.set(fails);
                 if cluster.max_fails > 0 && fails >= cluster.max_fails {
-                    self.down_until
-                        .set(Some(Instant::now() + cluster.fail_timeout));
+                    self.down_until.set(Some(loop_now() + cluster.fail_timeout));
                     self.fails.set(0);
                 }
             }

@@ -20,7 +20,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use monoio::time::Instant;
+use monoio::time::{loop_now, Instant};
 use slab::Slab;
 
 /// How often the sweeper checks deadlines while connections wait.
@@ -43,7 +43,7 @@ impl IdleTimers {
     /// Starts a deadline `wait` from now; it is cleared when the returned
     /// timer drops.
     pub fn start(&self, wait: Duration) -> IdleTimer<'_> {
-        let deadline = Instant::now() + wait;
+        let deadline = loop_now() + wait;
         let key = {
             let mut entries = self.entries.borrow_mut();
             entries.insert(Entry {
@@ -103,7 +103,7 @@ impl IdleTimers {
                 _ = tick => {}
                 _ = &mut stop => return,
             }
-            self.expire(Instant::now());
+            self.expire(loop_now());
         }
     }
 }

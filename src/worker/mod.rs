@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use monoio::net::TcpListener;
-use monoio::time::Instant;
+use monoio::time::{loop_now, Instant};
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
 pub use buffers::BufferPool;
@@ -770,7 +770,7 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let accepted_at = Instant::now();
+                let accepted_at = loop_now();
                 slots.acquire();
                 ctx.conns.acquire();
                 // TLS settings of the config current at accept time: a
@@ -830,6 +830,34 @@ mod tests {
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         let mut parts = release.trim().split(['.', '-']).map(|p| p.parse::<u32>());
         matches!((parts.next(), parts.next()), (Some(Ok(major)), Some(Ok(minor))) if (major, minor) >= (6, 12))
+    }
+
+    /// Every reading of the loop's time within one turn of the loop is the
+    /// same, however long the turn's work takes; after a wait it is the
+    /// time of the wake-up; outside a running loop it is the clock's.
+    #[test]
+    fn the_loop_time_is_read_once_per_wake_up() {
+        use monoio::time::loop_now;
+        let (mut rt, _) = uring_runtime(0, 256, true).expect("io_uring runtime");
+        rt.block_on(async {
+            monoio::time::sleep(Duration::from_millis(1)).await;
+            let woke = loop_now();
+            let busy = std::time::Instant::now();
+            while busy.elapsed() < Duration::from_millis(20) {}
+            assert_eq!(loop_now(), woke, "the clock was read again within a turn");
+            let before = std::time::Instant::now();
+            monoio::time::sleep(Duration::from_millis(20)).await;
+            let after = loop_now().into_std();
+            assert!(
+                after >= before + Duration::from_millis(20),
+                "not the wake-up time"
+            );
+            assert!(after <= std::time::Instant::now());
+        });
+        let stopped = loop_now();
+        let busy = std::time::Instant::now();
+        while busy.elapsed() < Duration::from_millis(1) {}
+        assert!(loop_now() > stopped, "a stopped loop's time outlived it");
     }
 
     /// Once a wait has collected more completions than it asked for, the

@@ -159,6 +159,14 @@ impl<D> Runtime<D> {
                 let join = future;
 
                 let mut join = std::pin::pin!(join);
+                // The loop's time is this loop's only while it runs.
+                struct ClearLoopNow;
+                impl Drop for ClearLoopNow {
+                    fn drop(&mut self) {
+                        crate::time::clear_loop_now();
+                    }
+                }
+                let _clear = ClearLoopNow;
                 set_poll();
                 loop {
                     loop {
@@ -190,6 +198,8 @@ impl<D> Runtime<D> {
 
                         // Cold path
                         let _ = self.driver.submit();
+                        // Tasks woken here run in a new turn of the loop.
+                        crate::time::set_loop_now(std::time::Instant::now());
                     }
 
                     // Wait and Process CQ(the error is ignored for not debug mode)

@@ -102,6 +102,10 @@ pub mod error;
 mod instant;
 pub use self::instant::Instant;
 
+mod loop_clock;
+pub(crate) use loop_clock::{clear_loop_now, set_loop_now};
+pub use loop_clock::loop_now;
+
 mod interval;
 pub use interval::{interval, interval_at, Interval, MissedTickBehavior};
 

@@ -222,7 +222,11 @@ where
 impl Handle {
     /// Runs timer related logic, and returns the next wakeup time
     pub(self) fn process(&self) {
-        let now = self.time_source().now();
+        // One clock reading per wake-up, shared with the loop's tasks.
+        let source = self.time_source();
+        let at = source.clock.now();
+        crate::time::set_loop_now(at.into_std());
+        let now = source.instant_to_tick(at);
 
         self.process_at_time(now)
     }
