@@ -7,6 +7,7 @@
 #                   [--observability] [--baseline PATH-TO-RINGGATE-BINARY]
 #                   [--ip-list N] [--rate-limit] [--jwt RS256|ES256] [--tls]
 #                   [--upstream-tls] [--baseline-driver auto|io_uring|epoll]
+#                   [--baseline-server "KEY = VALUE"]
 #                   [--everything] [--floor]
 #
 # --observability adds the target ringgate-obs: the same build with the
@@ -18,7 +19,11 @@
 # (a table of ringgate's p50, p99 and p99.9 over the baseline's follows
 # the latency table). --baseline-driver runs the
 # baseline on the given event loop (e.g. --baseline target/release/ringgate
-# --baseline-driver epoll compares the two drivers of one build). --ip-list N gives every ringgate
+# --baseline-driver epoll compares the two drivers of one build).
+# --baseline-server adds a line to the baseline's [server] table (e.g.
+# --baseline target/release/ringgate --baseline-server
+# "io_uring_wait_batch = 64" compares one build's two wait modes; it may be
+# given more than once). --ip-list N gives every ringgate
 # target except the baseline a global deny list file of N entries;
 # --rate-limit puts them behind a per-client policy far above the load.
 # --jwt ALG makes their route require a JWT (keys from tests/fixtures/auth)
@@ -87,6 +92,7 @@ IDLE=1
 EXTRA=""
 BASELINE=""
 BASE_DRIVER=""
+BASE_SERVER=()
 IP_LIST=0
 RATE_LIMIT=0
 JWT_ALG=""
@@ -105,6 +111,7 @@ while [ $# -gt 0 ]; do
     --floor) EXTRA="$EXTRA floor floor-raw"; shift ;;
     --baseline) BASELINE=$(realpath "$2"); EXTRA="$EXTRA ringgate-base"; shift 2 ;;
     --baseline-driver) BASE_DRIVER=$2; shift 2 ;;
+    --baseline-server) BASE_SERVER+=("$2"); shift 2 ;;
     --no-latency) LATENCY=0; shift ;;
     --no-idle) IDLE=0; shift ;;
     --reps) REPS=$2; shift 2 ;;
@@ -241,6 +248,14 @@ sed -e "s/:$P_RINGGATE\"/:$P_RINGGATE_BASE\"/" "$WORK/ringgate.toml" > "$WORK/ri
 if [ -n "$BASE_DRIVER" ]; then
   sed -i -e "s/^pin_workers = false$/&\ndriver = \"$BASE_DRIVER\"/" "$WORK/ringgate-base.toml"
 fi
+for line in "${BASE_SERVER[@]}"; do
+  python3 - "$WORK/ringgate-base.toml" "$line" <<'PY'
+import sys
+path, line = sys.argv[1], sys.argv[2]
+text = open(path).read()
+open(path, "w").write(text.replace("[server]\n", f"[server]\n{line}\n", 1))
+PY
+done
 # Adds a key to the route (the file's last table is the route until the
 # tables below are appended).
 route_key() { sed -i -e "s|^proxy = { cluster = \"origin\" }\$|&\n$1|" "$WORK/ringgate.toml"; }

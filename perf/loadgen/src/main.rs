@@ -4,27 +4,32 @@
 //!
 //! Request i is *due* at `start + i / RATE`, whatever happened to earlier
 //! requests; connection k sends the requests with `i % CONNECTIONS == k`.
-//! When the connection was still busy with an earlier response at the due
-//! time, latency is measured from the due time, so a stalled server is
-//! charged for the whole time requests queued behind the stall (the
-//! coordinated-omission correction wrk2 popularised). When the connection was
-//! free, latency is measured from the actual send: the lateness of the
-//! generator's own timer (1 ms granularity) is not the server's. Results go into an HdrHistogram (1 µs to
-//! 60 s, 3 significant digits): a summary line on stdout and, with
-//! HGRM_OUT, the percentile distribution in HdrHistogram's `.hgrm` text
-//! format, which its plotter reads.
+//! When the connection is still busy with an earlier response at the due
+//! time, the request waits for it and its latency counts from the due time,
+//! so a stalled server is charged for the whole time requests queued behind
+//! the stall (the coordinated-omission correction wrk2 popularised). When
+//! the connection is free, the request leaves at once and its latency
+//! counts from the send.
 //!
-//! One thread, one monoio runtime, keep-alive connections, no pipelining.
+//! Requests leave at their due times, evenly spaced, not in bursts: the
+//! generator's wait ends at the next due time (`epoll_pwait2` with a
+//! nanosecond timeout, timer slack 1 ns). A millisecond timer wheel, as async
+//! runtimes have, would send each millisecond's requests together, and the
+//! server would queue them behind each other; the histogram would then
+//! measure that self-made queue more than the server.
+//!
+//! Results go into an HdrHistogram (1 µs to 60 s, 3 significant digits): a
+//! summary line on stdout and, with HGRM_OUT, the percentile distribution
+//! in HdrHistogram's `.hgrm` text format, which its plotter reads.
+//!
+//! One thread, epoll, non-blocking keep-alive connections, no pipelining.
 
-use std::cell::RefCell;
-use std::io::Write;
-use std::net::SocketAddr;
-use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
 
 use hdrhistogram::Histogram;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
-use monoio::net::TcpStream;
 
 struct Args {
     addr: SocketAddr,
@@ -49,7 +54,7 @@ fn parse_args() -> Result<Args, String> {
     let request =
         format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ringgate-loadgen\r\n\r\n")
             .into_bytes();
-    Ok(Args {
+    let args = Args {
         addr,
         request,
         rate: a[2].parse().map_err(|_| "RATE must be a number")?,
@@ -59,13 +64,247 @@ fn parse_args() -> Result<Args, String> {
             .map_or(Ok(64), |c| c.parse())
             .map_err(|_| "CONNECTIONS must be a number")?,
         hgrm: a.get(5).cloned(),
-    })
+    };
+    if !(args.rate > 0.0 && args.seconds > 0.0 && args.connections > 0) {
+        return Err("RATE, SECONDS and CONNECTIONS must be positive".into());
+    }
+    Ok(args)
 }
 
-#[derive(Default)]
-struct Totals {
+/// CLOCK_MONOTONIC in nanoseconds.
+fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// The generator's event loop: an epoll set with every connection's
+/// socket, waited on with a nanosecond timeout (`epoll_pwait2`, Linux
+/// 5.11) so the wait ends at the next due time.
+struct Poller {
+    epoll: RawFd,
+}
+
+impl Poller {
+    fn new() -> io::Result<Self> {
+        // SAFETY: plain syscalls; the descriptor is owned by the Poller.
+        unsafe {
+            // Timeouts end at their time, not up to 50 µs later.
+            libc::prctl(libc::PR_SET_TIMERSLACK, 1);
+            let epoll = check(libc::epoll_create1(libc::EPOLL_CLOEXEC))?;
+            Ok(Self { epoll })
+        }
+    }
+
+    fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: token,
+        };
+        // SAFETY: ev is valid for the call.
+        check(unsafe { libc::epoll_ctl(self.epoll, libc::EPOLL_CTL_ADD, fd, &mut ev) })?;
+        Ok(())
+    }
+
+    /// Waits for events until `until` (CLOCK_MONOTONIC ns; `None`: until
+    /// one comes).
+    fn wait(&self, events: &mut [libc::epoll_event], until: Option<u64>) -> io::Result<usize> {
+        let timeout = until.map(|at| {
+            let left = at.saturating_sub(now_ns());
+            libc::timespec {
+                tv_sec: (left / 1_000_000_000) as libc::time_t,
+                tv_nsec: (left % 1_000_000_000) as libc::c_long,
+            }
+        });
+        // SAFETY: events is a valid buffer of its length; the timeout, if
+        // any, outlives the call; no signal mask.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_epoll_pwait2,
+                self.epoll,
+                events.as_mut_ptr(),
+                events.len() as libc::c_int,
+                timeout
+                    .as_ref()
+                    .map_or(std::ptr::null(), |t| t as *const libc::timespec),
+                std::ptr::null::<libc::sigset_t>(),
+                0usize,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted {
+                Ok(0)
+            } else {
+                Err(e)
+            };
+        }
+        Ok(n as usize)
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        // SAFETY: the descriptor is owned and closed once.
+        unsafe { libc::close(self.epoll) };
+    }
+}
+
+/// One keep-alive connection; reconnects after an error.
+struct Conn {
+    stream: Option<TcpStream>,
+    buf: Vec<u8>,
+    /// When the request in flight counts from (ns), if one is.
+    in_flight: Option<u64>,
+    /// Due times of requests that found the connection busy, in order.
+    backlog: VecDeque<u64>,
+}
+
+struct Generator {
+    addr: SocketAddr,
+    request: Vec<u8>,
+    poller: Poller,
+    conns: Vec<Conn>,
+    hist: Histogram<u64>,
     ok: u64,
     errors: u64,
+    scratch: Box<[u8]>,
+}
+
+impl Generator {
+    /// Sends connection `k`'s next request, counting from `from`. A
+    /// request that cannot be sent counts as an error, and the connection's
+    /// next queued request goes out on a new connection.
+    fn send(&mut self, k: usize, mut from: u64) {
+        loop {
+            if self.try_send(k).is_ok() {
+                self.conns[k].in_flight = Some(from);
+                return;
+            }
+            self.errors += 1;
+            self.drop_conn(k);
+            match self.conns[k].backlog.pop_front() {
+                Some(due) => from = due,
+                None => return,
+            }
+        }
+    }
+
+    fn try_connect(&mut self, k: usize) -> Result<(), ()> {
+        if self.conns[k].stream.is_none() {
+            let s = TcpStream::connect(self.addr).map_err(drop)?;
+            s.set_nodelay(true).map_err(drop)?;
+            s.set_nonblocking(true).map_err(drop)?;
+            self.poller.add(s.as_raw_fd(), k as u64).map_err(drop)?;
+            self.conns[k].stream = Some(s);
+        }
+        Ok(())
+    }
+
+    fn try_send(&mut self, k: usize) -> Result<(), ()> {
+        self.try_connect(k)?;
+        let stream = self.conns[k].stream.as_mut().expect("connected");
+        // One small request on an idle connection: the socket buffer takes
+        // it whole, or something is wrong.
+        match stream.write(&self.request) {
+            Ok(n) if n == self.request.len() => Ok(()),
+            _ => Err(()),
+        }
+    }
+
+    /// Closes connection `k` (which removes it from the epoll set).
+    fn drop_conn(&mut self, k: usize) {
+        let c = &mut self.conns[k];
+        c.stream = None;
+        c.buf.clear();
+        c.in_flight = None;
+    }
+
+    /// The connection failed: its request in flight, if any, counts as an
+    /// error, and its next queued request goes out on a new connection.
+    fn fail(&mut self, k: usize) {
+        if self.conns[k].in_flight.is_some() {
+            self.errors += 1;
+        }
+        self.drop_conn(k);
+        if let Some(due) = self.conns[k].backlog.pop_front() {
+            self.send(k, due);
+        }
+    }
+
+    /// Reads what connection `k` has and completes its response.
+    fn on_readable(&mut self, k: usize) {
+        // One read per readiness: a small response comes whole, and the
+        // level-triggered epoll set reports what is left of a larger one.
+        let Some(stream) = self.conns[k].stream.as_mut() else {
+            return;
+        };
+        match stream.read(&mut self.scratch) {
+            Ok(0) => return self.fail(k),
+            Ok(n) => self.conns[k].buf.extend_from_slice(&self.scratch[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                return
+            }
+            Err(_) => return self.fail(k),
+        }
+        let Some(from) = self.conns[k].in_flight else {
+            return;
+        };
+        match response_len(&self.conns[k].buf) {
+            Ok(Some(total)) if self.conns[k].buf.len() >= total => {
+                let done = now_ns();
+                self.hist
+                    .saturating_record((done.saturating_sub(from) / 1000).max(1));
+                self.ok += 1;
+                let c = &mut self.conns[k];
+                c.buf.drain(..total);
+                c.in_flight = None;
+                if let Some(due) = c.backlog.pop_front() {
+                    self.send(k, due);
+                }
+            }
+            Ok(_) => {}
+            Err(()) => self.fail(k),
+        }
+    }
+}
+
+/// The length of the response at the start of `buf` once its head is
+/// there; an error for a non-2xx response or one without Content-Length.
+fn response_len(buf: &[u8]) -> Result<Option<usize>, ()> {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Ok(None);
+    };
+    let head = &buf[..end];
+    if !head.starts_with(b"HTTP/1.1 2") {
+        return Err(());
+    }
+    const NAME: &[u8] = b"content-length:";
+    for line in head.split(|&b| b == b'\n') {
+        if line.len() > NAME.len() && line[..NAME.len()].eq_ignore_ascii_case(NAME) {
+            let value = std::str::from_utf8(&line[NAME.len()..]).map_err(drop)?;
+            let len: usize = value.trim().parse().map_err(drop)?;
+            return Ok(Some(end + 4 + len));
+        }
+    }
+    Err(())
 }
 
 fn main() {
@@ -76,71 +315,80 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-        .enable_timer()
-        .build()
-        .expect("runtime");
-    let hist = Rc::new(RefCell::new(
-        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
-    ));
-    let totals = Rc::new(RefCell::new(Totals::default()));
-    let total_requests = (args.rate * args.seconds) as u64;
-    let interval = Duration::from_secs_f64(1.0 / args.rate);
-    rt.block_on(async {
-        let start = Instant::now() + Duration::from_millis(100);
-        let mut tasks = Vec::new();
-        for k in 0..args.connections {
-            let (hist, totals, request) = (hist.clone(), totals.clone(), args.request.clone());
-            let addr = args.addr;
-            let n = args.connections as u64;
-            tasks.push(monoio::spawn(async move {
-                let mut conn = Conn::new(addr, request);
-                let mut i = k as u64;
-                let mut free_at = Instant::now();
-                while i < total_requests {
-                    let due = start + interval.mul_f64(i as f64);
-                    let now = Instant::now();
-                    if due > now {
-                        monoio::time::sleep(due - now).await;
-                    }
-                    let from = if free_at > due { due } else { Instant::now() };
-                    let result = conn.exchange().await;
-                    free_at = Instant::now();
-                    match result {
-                        Ok(()) => {
-                            let us = free_at.duration_since(from).as_micros().max(1) as u64;
-                            hist.borrow_mut().saturating_record(us);
-                            totals.borrow_mut().ok += 1;
-                        }
-                        Err(_) => {
-                            totals.borrow_mut().errors += 1;
-                            conn.reset();
-                        }
-                    }
-                    i += n;
-                }
-            }));
+    let mut g = Generator {
+        addr: args.addr,
+        request: args.request.clone(),
+        poller: Poller::new().expect("epoll"),
+        conns: (0..args.connections)
+            .map(|_| Conn {
+                stream: None,
+                buf: Vec::with_capacity(64 * 1024),
+                in_flight: None,
+                backlog: VecDeque::new(),
+            })
+            .collect(),
+        hist: Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
+        ok: 0,
+        errors: 0,
+        scratch: vec![0; 64 * 1024].into_boxed_slice(),
+    };
+    // Connections open before the clock starts.
+    for k in 0..args.connections {
+        if let Err(()) = g.try_connect(k) {
+            eprintln!("cannot connect to {}", args.addr);
+            std::process::exit(1);
         }
-        for t in tasks {
-            t.await;
+    }
+    let total = (args.rate * args.seconds) as u64;
+    let start = now_ns() + 100_000_000;
+    let due = |i: u64| start + (i as f64 * 1e9 / args.rate) as u64;
+    let n = args.connections as u64;
+    let mut next = 0u64;
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+    // After the last due time, responses get this long to come back.
+    let grace_ns = 10_000_000_000u64;
+    loop {
+        let now = now_ns();
+        while next < total && due(next) <= now {
+            let k = (next % n) as usize;
+            if g.conns[k].in_flight.is_none() {
+                g.send(k, now);
+            } else {
+                g.conns[k].backlog.push_back(due(next));
+            }
+            next += 1;
         }
-    });
-    let h = hist.borrow();
-    let t = totals.borrow();
-    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        let until = if next < total {
+            Some(due(next))
+        } else if g.ok + g.errors >= total {
+            break;
+        } else {
+            let end = due(total - 1) + grace_ns;
+            if now >= end {
+                // Whatever has not come back by now counts as failed.
+                g.errors = total - g.ok;
+                break;
+            }
+            Some(end)
+        };
+        let ready = g.poller.wait(&mut events, until).expect("epoll_pwait2");
+        for ev in &events[..ready] {
+            g.on_readable(ev.u64 as usize);
+        }
+    }
     println!(
         "requests={} errors={} rate={} p50_ms={:.3} p90_ms={:.3} p99_ms={:.3} p999_ms={:.3} max_ms={:.3}",
-        t.ok,
-        t.errors,
+        g.ok,
+        g.errors,
         args.rate,
-        ms(0.5),
-        ms(0.9),
-        ms(0.99),
-        ms(0.999),
-        h.max() as f64 / 1000.0
+        g.hist.value_at_quantile(0.5) as f64 / 1000.0,
+        g.hist.value_at_quantile(0.9) as f64 / 1000.0,
+        g.hist.value_at_quantile(0.99) as f64 / 1000.0,
+        g.hist.value_at_quantile(0.999) as f64 / 1000.0,
+        g.hist.max() as f64 / 1000.0
     );
     if let Some(path) = &args.hgrm {
-        write_hgrm(&h, path).expect("write hgrm");
+        write_hgrm(&g.hist, path).expect("write hgrm");
     }
 }
 
@@ -189,81 +437,4 @@ fn write_hgrm(h: &Histogram<u64>, path: &str) -> std::io::Result<()> {
         h.distinct_values()
     )?;
     Ok(())
-}
-
-/// One keep-alive connection; reconnects after an error.
-struct Conn {
-    addr: SocketAddr,
-    request: Vec<u8>,
-    stream: Option<TcpStream>,
-    buf: Vec<u8>,
-}
-
-impl Conn {
-    fn new(addr: SocketAddr, request: Vec<u8>) -> Self {
-        Self {
-            addr,
-            request,
-            stream: None,
-            buf: Vec::with_capacity(64 * 1024),
-        }
-    }
-
-    fn reset(&mut self) {
-        self.stream = None;
-        self.buf.clear();
-    }
-
-    async fn exchange(&mut self) -> std::io::Result<()> {
-        if self.stream.is_none() {
-            let s = TcpStream::connect_addr(self.addr).await?;
-            s.set_nodelay(true)?;
-            self.stream = Some(s);
-        }
-        let stream = self.stream.as_mut().expect("connected");
-        let req = std::mem::take(&mut self.request);
-        let (res, req) = stream.write_all(req).await;
-        self.request = req;
-        res?;
-        // Read one response: head, then Content-Length bytes.
-        let mut need: Option<usize> = None;
-        loop {
-            if need.is_none() {
-                if let Some(end) = find(&self.buf, b"\r\n\r\n") {
-                    let head = String::from_utf8_lossy(&self.buf[..end]).to_ascii_lowercase();
-                    if !head.starts_with("http/1.1 2") {
-                        return Err(std::io::Error::other("non-2xx"));
-                    }
-                    let len = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .and_then(|v| v.trim().parse::<usize>().ok())
-                        .ok_or_else(|| std::io::Error::other("no content-length"))?;
-                    need = Some(end + 4 + len);
-                }
-            }
-            if let Some(total) = need {
-                if self.buf.len() >= total {
-                    self.buf.drain(..total);
-                    return Ok(());
-                }
-            }
-            if self.buf.len() == self.buf.capacity() {
-                self.buf.reserve(64 * 1024);
-            }
-            let owned = std::mem::take(&mut self.buf);
-            let len = owned.len();
-            let (res, slice) = stream
-                .read(monoio::buf::IoBufMut::slice_mut(owned, len..))
-                .await;
-            self.buf = slice.into_inner();
-            if res? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-        }
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
