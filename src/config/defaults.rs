@@ -111,8 +111,10 @@ pub fn io_uring_entries() -> u32 {
 pub fn io_uring_defer_taskrun() -> bool {
     true
 }
+/// Off: a held completion is latency the client pays (docs/PERFORMANCE.md,
+/// "Paced load").
 pub fn io_uring_wait_batch() -> u32 {
-    64
+    1
 }
 pub fn io_uring_wait_batch_us() -> u32 {
     50
