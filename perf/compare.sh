@@ -128,6 +128,7 @@ if [ "$EVERYTHING" = 1 ]; then
 fi
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/perf/configs.sh"
 OUT="$ROOT/perf/results/$(date -u +%Y%m%dT%H%M%SZ)"
 WORK=$(mktemp -d)
 mkdir -p "$OUT"
@@ -162,51 +163,10 @@ head -c 16384 /dev/zero | tr '\0' 'a' > "$WORK/www/16k"
 head -c 1048576 /dev/zero | tr '\0' 'b' > "$WORK/www/1m"
 head -c 65536 /dev/zero | tr '\0' 'c' > "$WORK/post64k.body"
 chmod -R a+rX "$WORK"  # nginx workers run unprivileged
-cat > "$WORK/origin.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $WORK/origin.pid;
-error_log $WORK/logs/origin.err;
-events { worker_connections 8192; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  keepalive_timeout 300s;
-  client_body_temp_path $WORK/origin_body;
-  server {
-    listen 127.0.0.1:$ORIGIN backlog=4096;
-    root $WORK/www;
-    location /post { client_max_body_size 10m; return 200 "posted\n"; }
-  }
-}
-EOF
+origin_conf "$WORK" $ORIGIN > "$WORK/origin.conf"
 
 # ---- peers, configured the way their docs recommend for reverse proxying
-cat > "$WORK/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $WORK/nginx.pid;
-error_log $WORK/logs/nginx.err;
-events { worker_connections 30000; }
-worker_rlimit_nofile 65536;
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  keepalive_timeout 300s;
-  client_body_temp_path $WORK/nginx_body;
-  proxy_temp_path $WORK/nginx_proxy;
-  upstream origin { server 127.0.0.1:$ORIGIN; keepalive 64; keepalive_requests 1000000; }
-  server {
-    listen 127.0.0.1:$P_NGINX backlog=4096;
-    client_max_body_size 10m;
-    location / {
-      proxy_pass http://origin;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
-  }
-}
-EOF
+nginx_proxy_conf "$WORK" $P_NGINX $ORIGIN > "$WORK/nginx.conf"
 cat > "$WORK/haproxy.cfg" <<EOF
 global
   nbthread 1
@@ -224,25 +184,7 @@ frontend f
 backend b
   server o 127.0.0.1:$ORIGIN maxconn 1000
 EOF
-cat > "$WORK/ringgate.toml" <<EOF
-[server]
-workers = 1
-pin_workers = false
-[admin]
-enabled = false
-[log]
-level = "warn"
-[[listeners]]
-name = "bench"
-address = "127.0.0.1:$P_RINGGATE"
-max_connections = 30000
-[[clusters]]
-name = "origin"
-endpoints = ["127.0.0.1:$ORIGIN"]
-[[routes]]
-name = "all"
-proxy = { cluster = "origin" }
-EOF
+ringgate_conf $P_RINGGATE $ORIGIN > "$WORK/ringgate.toml"
 # The baseline gets the plain config; the others an IP deny list if asked.
 sed -e "s/:$P_RINGGATE\"/:$P_RINGGATE_BASE\"/" "$WORK/ringgate.toml" > "$WORK/ringgate-base.toml"
 if [ -n "$BASE_DRIVER" ]; then
@@ -391,8 +333,7 @@ pids_of() {
     ringgate) pgrep -f "$WORK/ringgate.toml" ;;
     ringgate-obs) pgrep -f "$WORK/ringgate-obs.toml" ;;
     ringgate-base) pgrep -f "$WORK/ringgate-base.toml" ;;
-    nginx) pgrep -f "nginx: worker process" | while read -r p; do
-             grep -q "$WORK/nginx.conf" "/proc/$(ps -o ppid= -p "$p" | tr -d ' ')/cmdline" 2>/dev/null && echo "$p"; done ;;
+    nginx) nginx_workers "$WORK/nginx.conf" ;;
     haproxy) pgrep -f "$WORK/haproxy.cfg" ;;
     floor) pgrep -f "ringgate-floor 127.0.0.1:$P_FLOOR" ;;
     floor-raw) pgrep -f "ringgate-floor-raw 127.0.0.1:$P_FLOOR_RAW" ;;

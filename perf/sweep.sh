@@ -5,9 +5,9 @@
 #   perf/sweep.sh [--wrk] RATE REPS SECONDS NAME="KEY = VALUE\nKEY = VALUE" ...
 #
 # Every NAME is a ringgate worker with those lines added to its [server]
-# table ("" for the defaults); nginx, configured as in perf/compare.sh, is
-# always the first target. Layout as in perf/compare.sh: each proxy one
-# worker on core 0, the origin (nginx, small body) and the load on core 1;
+# table ("" for the defaults); nginx is always the first target. The
+# origin's, nginx's and ringgate's configs are perf/compare.sh's
+# (perf/configs.sh), and so is the layout: each proxy one worker on core 0, the origin (nginx, small body) and the load on core 1;
 # targets alternate rep by rep. Each rep prints one line per target:
 # perf/loadgen's figures at RATE requests/s over 64 connections (or, with
 # --wrk, wrk -c50's saturated requests/s; RATE is then ignored) and the
@@ -21,9 +21,10 @@ set -euo pipefail
 
 MODE=loadgen
 if [ "${1:-}" = --wrk ]; then MODE=wrk; shift; fi
-[ $# -ge 4 ] || { sed -n 2,20p "$0" >&2; exit 2; }
+[ $# -ge 4 ] || { sed -n 2,19p "$0" >&2; exit 2; }
 RATE=$1 REPS=$2 DUR=$3; shift 3
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/perf/configs.sh"
 RINGGATE="$ROOT/target/release/ringgate"
 LOADGEN="$ROOT/perf/loadgen/target/release/ringgate-loadgen"
 W=$(mktemp -d)
@@ -31,27 +32,16 @@ trap 'kill $(jobs -p) 2>/dev/null || true; pkill -f "$W" 2>/dev/null || true; rm
 ORIGIN=19180 P_NGINX=19181 port=19190
 
 mkdir -p "$W/www" "$W/logs"; printf 'hello world\n' > "$W/www/small"; chmod -R a+rX "$W"
-cat > "$W/origin.conf" <<E
-worker_processes 1; daemon off; pid $W/origin.pid; error_log $W/logs/origin.err;
-events { worker_connections 8192; }
-http { access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
-  server { listen 127.0.0.1:$ORIGIN backlog=4096; root $W/www; } }
-E
-cat > "$W/nginx.conf" <<E
-worker_processes 1; daemon off; pid $W/nginx.pid; error_log $W/logs/nginx.err;
-events { worker_connections 30000; }
-http { access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
-  upstream origin { server 127.0.0.1:$ORIGIN; keepalive 64; keepalive_requests 1000000; }
-  server { listen 127.0.0.1:$P_NGINX backlog=4096;
-    location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
-E
+origin_conf "$W" $ORIGIN > "$W/origin.conf"
+nginx_proxy_conf "$W" $P_NGINX $ORIGIN > "$W/nginx.conf"
 taskset -c 1 nginx -c "$W/origin.conf" &
 taskset -c 0 nginx -c "$W/nginx.conf" &
 targets="nginx:$P_NGINX"
 for spec in "$@"; do
   name=${spec%%=*}; lines=${spec#*=}
-  printf '[server]\nworkers = 1\npin_workers = false\n%b\n[admin]\nenabled = false\n[log]\nlevel = "warn"\n[[listeners]]\nname = "sweep"\naddress = "127.0.0.1:%s"\nmax_connections = 30000\n[[clusters]]\nname = "origin"\nendpoints = ["127.0.0.1:%s"]\n[[routes]]\nname = "all"\nproxy = { cluster = "origin" }\n' \
-    "$lines" "$port" "$ORIGIN" > "$W/$name.toml"
+  # awk turns the \n of NAME="A\nB" into line breaks.
+  ringgate_conf $port $ORIGIN |
+    awk -v lines="$lines" '{ print } $0 == "[server]" { print lines }' > "$W/$name.toml"
   taskset -c 0 "$RINGGATE" run -c "$W/$name.toml" 2> "$W/logs/$name.err" &
   targets="$targets $name:$port"; port=$((port + 1))
 done
@@ -60,10 +50,7 @@ for t in $targets; do
 done
 
 pids_of() {
-  if [ "$1" = nginx ]; then
-    pgrep -f "nginx: worker process" | while read -r p; do
-      grep -q "$W/nginx.conf" "/proc/$(ps -o ppid= -p "$p" | tr -d ' ')/cmdline" 2>/dev/null && echo "$p"; done
-  else pgrep -f "$W/$1.toml"; fi
+  if [ "$1" = nginx ]; then nginx_workers "$W/nginx.conf"; else pgrep -f "$W/$1.toml"; fi
 }
 ticks() { for p in $(pids_of "$1"); do awk '{print $14 + $15}' "/proc/$p/stat"; done | awk '{s += $1} END {print s + 0}'; }
 
