@@ -32,6 +32,19 @@ pub fn socket_is_quiet(fd: RawFd) -> bool {
     false
 }
 
+/// Sends what a socket takes of `buf` now (`MSG_DONTWAIT`); tests use it
+/// to fill a connection.
+#[cfg(test)]
+pub fn send_now(fd: RawFd, buf: &[u8]) -> std::io::Result<usize> {
+    // SAFETY: `fd` is an open socket owned by the caller for the duration
+    // of the call, and `buf` is valid for reads of its length.
+    let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
 /// Sets a socket's receive low-water mark (`SO_RCVLOWAT`): it is readable
 /// only once that many bytes wait. Tests use it to tell a receive that
 /// waits for readability from one that tries the socket first.

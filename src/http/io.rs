@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelHandle};
+pub use monoio::net::SendReadError;
 
 /// Any byte stream a connection runs over: TCP, or TLS over TCP.
 pub trait Stream: AsyncReadRent + AsyncWriteRent {
@@ -26,6 +27,31 @@ pub trait Stream: AsyncReadRent + AsyncWriteRent {
     ) -> impl std::future::Future<Output = monoio::BufResult<usize, T>> {
         self.read(buf)
     }
+
+    /// Sends all of `wbuf`, keeping it, then reads into `rbuf`'s spare
+    /// capacity like [`Stream::read_awaiting`]: a request, then its
+    /// response's first bytes. Plain TCP on io_uring links the two in one
+    /// submission, which completes once (see
+    /// `monoio::net::TcpStream::send_then_read_awaiting`); other streams
+    /// write, then read.
+    ///
+    /// # Errors
+    /// Which of the two failed: after a failed send nothing was read.
+    fn send_then_read_awaiting(
+        &mut self,
+        wbuf: &mut Vec<u8>,
+        rbuf: &mut Vec<u8>,
+    ) -> impl std::future::Future<Output = Result<usize, SendReadError>>
+    where
+        Self: Sized,
+    {
+        async move {
+            write_all(self, wbuf).await.map_err(SendReadError::Send)?;
+            read_into_awaiting(self, rbuf)
+                .await
+                .map_err(SendReadError::Read)
+        }
+    }
 }
 
 impl Stream for monoio::net::TcpStream {
@@ -34,6 +60,24 @@ impl Stream for monoio::net::TcpStream {
         buf: T,
     ) -> impl std::future::Future<Output = monoio::BufResult<usize, T>> {
         monoio::net::TcpStream::read_awaiting(self, buf)
+    }
+
+    async fn send_then_read_awaiting(
+        &mut self,
+        wbuf: &mut Vec<u8>,
+        rbuf: &mut Vec<u8>,
+    ) -> Result<usize, SendReadError>
+    where
+        Self: Sized,
+    {
+        let send = std::mem::take(wbuf);
+        let (recv, len) = lend(rbuf);
+        let (res, send, slice) =
+            monoio::net::TcpStream::send_then_read_awaiting(self, send, recv.slice_mut(len..))
+                .await;
+        *wbuf = send;
+        *rbuf = slice.into_inner();
+        res
     }
 }
 
@@ -274,6 +318,7 @@ mod tests {
     /// completion work, where the kernel has it).
     fn io_uring<F: Future<Output = ()>>(test: impl Fn() -> F) {
         monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
             .build()
             .expect("io_uring runtime")
             .block_on(test());
@@ -380,6 +425,145 @@ mod tests {
             );
             assert_eq!(&buf[..n], b"12345678");
             writer.join().unwrap();
+        });
+    }
+
+    /// Runs `test` on every ring `io_uring` runs it on, and on the epoll
+    /// driver.
+    fn every_driver<F: Future<Output = ()>>(test: impl Fn() -> F) {
+        io_uring(&test);
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("epoll runtime")
+            .block_on(test());
+    }
+
+    /// A connected pair on loopback, the client a blocking std socket.
+    async fn std_pair() -> (std::net::TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    /// Polls until `thread` has finished (it does blocking socket work the
+    /// loop must not wait on), for at most 10 s, and returns its result.
+    async fn join<T>(thread: std::thread::JoinHandle<T>) -> T {
+        for _ in 0..2_000 {
+            if thread.is_finished() {
+                break;
+            }
+            monoio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(thread.is_finished(), "the peer thread did not finish");
+        thread.join().unwrap()
+    }
+
+    /// A request and the wait for its reply: all of a 1 MiB request goes
+    /// out (over many partial sends on loopback), the reply comes into
+    /// the read buffer after the bytes already there, and the request
+    /// buffer comes back unchanged.
+    #[test]
+    fn send_then_read_sends_everything_then_reads_the_reply() {
+        every_driver(|| async {
+            let (mut client, mut server) = std_pair().await;
+            let request: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+            let expected = request.clone();
+            let peer = std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut got = vec![0; expected.len()];
+                client.read_exact(&mut got).unwrap();
+                assert!(got == expected, "the request arrived changed");
+                client.write_all(b"reply").unwrap();
+                client
+            });
+            let mut wbuf = request.clone();
+            let mut rbuf = b"kept:".to_vec();
+            let n = Stream::send_then_read_awaiting(&mut server, &mut wbuf, &mut rbuf)
+                .await
+                .expect("sent and read");
+            let _client = join(peer).await;
+            assert_eq!(n, 5);
+            assert_eq!(rbuf, b"kept:reply");
+            assert!(wbuf == request, "the request buffer came back");
+        });
+    }
+
+    /// A send to a reset connection fails as a send, with nothing read.
+    #[test]
+    fn send_then_read_reports_a_failed_send_as_the_send() {
+        every_driver(|| async {
+            let (client, mut server) = std_pair().await;
+            socket2::SockRef::from(&client)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+            drop(client); // RST
+            server.readable(false).await.unwrap();
+            let mut wbuf = b"GET / HTTP/1.1\r\n\r\n".to_vec();
+            let mut rbuf = Vec::with_capacity(64);
+            match Stream::send_then_read_awaiting(&mut server, &mut wbuf, &mut rbuf).await {
+                Err(SendReadError::Send(_)) => {}
+                other => panic!("expected a failed send, got {other:?}"),
+            }
+            assert!(rbuf.is_empty());
+        });
+    }
+
+    /// Dropped while its send waits for room (the peer reads nothing), the
+    /// operation is cancelled whole: its bytes never go out, and closing
+    /// the socket reaches the peer, which a send still pending in the ring
+    /// would prevent (the ring holds the socket open).
+    #[test]
+    fn a_dropped_send_then_read_cancels_its_waiting_send() {
+        io_uring(|| async {
+            // Small buffers on both sides, so little fills the connection.
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let client =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            client.set_recv_buffer_size(4096).unwrap();
+            client
+                .connect(&listener.local_addr().unwrap().into())
+                .unwrap();
+            let client = std::net::TcpStream::from(client);
+            let (server, _) = listener.accept().unwrap();
+            socket2::SockRef::from(&server)
+                .set_send_buffer_size(4096)
+                .unwrap();
+            let mut server = TcpStream::from_std(server).unwrap();
+            // Fill the connection: the peer reads nothing yet.
+            let chunk = [b'f'; 4096];
+            let mut filled = 0;
+            loop {
+                match crate::sys::send_now(std::os::fd::AsRawFd::as_raw_fd(&server), &chunk) {
+                    Ok(n) => filled += n,
+                    Err(e) => {
+                        assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "{e}");
+                        break;
+                    }
+                }
+            }
+            let mut wbuf = b"never sent".to_vec();
+            let mut rbuf = Vec::with_capacity(64);
+            let waited = monoio::time::timeout(
+                Duration::from_millis(100),
+                Stream::send_then_read_awaiting(&mut server, &mut wbuf, &mut rbuf),
+            )
+            .await;
+            assert!(waited.is_err(), "the send had no room, yet completed");
+            drop(server);
+            let peer = std::thread::spawn(move || {
+                use std::io::Read;
+                let mut client = client;
+                client
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+                let mut all = Vec::new();
+                client.read_to_end(&mut all).map(|_| all)
+            });
+            let all = join(peer).await.expect("the close reached the peer");
+            assert_eq!(all.len(), filled, "only the fill arrived");
+            assert!(all.iter().all(|&b| b == b'f'));
         });
     }
 

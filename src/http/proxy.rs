@@ -28,7 +28,9 @@ use super::conn::{respond_error, Downstream, Next};
 use super::head::{
     parse_response, trim, Framing, Header, Method, Parse, RequestView, ResponseHead, Version,
 };
-use super::io::{read_into, read_into_awaiting, write_all, write_gather, ReadError, Stream};
+use super::io::{
+    read_into, read_into_awaiting, write_all, write_gather, ReadError, SendReadError, Stream,
+};
 use super::response::{push_field, push_ip, push_u64, RequestId};
 use crate::error::GatewayError;
 use crate::observability::metrics::UpstreamErrorKind;
@@ -248,8 +250,10 @@ async fn attempt<S: Stream, U: Stream>(
     let head_request = d.x.head.method == Method::Head;
     let ep_stats = &ep.stats;
 
-    // request head (wbuf keeps it until a response begins, for a retry)
-    if write_all(upstream, &mut d.x.wbuf).await.is_err() {
+    // request head (wbuf keeps it until a response begins, for a retry);
+    // without a body it leaves with the response head's first read
+    let head_alone = !d.x.buffered && framing == Framing::Empty;
+    if !head_alone && write_all(upstream, &mut d.x.wbuf).await.is_err() {
         return Err(Attempt::Retry);
     }
 
@@ -323,9 +327,11 @@ async fn attempt<S: Stream, U: Stream>(
     // Once an interim response arrived the response has begun (and wbuf may
     // hold it): a dead connection is then an error, never a retry.
     let mut interim_seen = false;
+    let mut unsent = head_alone;
     loop {
         match read_response_head(
             upstream,
+            std::mem::take(&mut unsent).then_some(&mut d.x.wbuf),
             ubuf,
             &mut d.x.response,
             head_request,
@@ -335,6 +341,7 @@ async fn attempt<S: Stream, U: Stream>(
         .await
         {
             Ok(()) => {}
+            Err(RespError::NotSent) => return Err(Attempt::Retry),
             Err(RespError::ClosedEarly) if framing == Framing::Empty && !interim_seen => {
                 return Err(Attempt::Retry)
             }
@@ -478,6 +485,8 @@ async fn attempt<S: Stream, U: Stream>(
 
 #[derive(Debug)]
 enum RespError {
+    /// The request head could not be sent (the connection is dead).
+    NotSent,
     /// The upstream closed before sending a byte (stale pooled connection).
     ClosedEarly,
     /// Closed in the middle of the head.
@@ -490,7 +499,7 @@ enum RespError {
 impl RespError {
     fn kind(&self) -> UpstreamErrorKind {
         match self {
-            RespError::ClosedEarly | RespError::Truncated | RespError::Io => {
+            RespError::NotSent | RespError::ClosedEarly | RespError::Truncated | RespError::Io => {
                 UpstreamErrorKind::Reset
             }
             RespError::TimedOut => UpstreamErrorKind::Timeout,
@@ -500,6 +509,7 @@ impl RespError {
 
     fn as_str(&self) -> &'static str {
         match self {
+            RespError::NotSent => "request head not sent",
             RespError::ClosedEarly => "closed before responding",
             RespError::Truncated => "closed inside the response head",
             RespError::TimedOut => "response head timed out",
@@ -510,9 +520,12 @@ impl RespError {
 }
 
 /// Reads a complete response head into `buf` by `deadline` and parses it
-/// into `resp`.
+/// into `resp`; with `send`, sends that request head first, in the same
+/// submission as the first read where the stream can (see
+/// [`Stream::send_then_read_awaiting`]).
 async fn read_response_head<U: Stream>(
     upstream: &mut U,
+    mut send: Option<&mut Vec<u8>>,
     buf: &mut Vec<u8>,
     resp: &mut ResponseHead,
     head_request: bool,
@@ -530,18 +543,25 @@ async fn read_response_head<U: Stream>(
         // The first read waits for the response just asked for: nothing
         // is there yet (see `Stream::read_awaiting`).
         let read = async {
-            if buf.is_empty() {
-                read_into_awaiting(upstream, buf).await
+            if let Some(wbuf) = send.take() {
+                upstream.send_then_read_awaiting(wbuf, buf).await
+            } else if buf.is_empty() {
+                read_into_awaiting(upstream, buf)
+                    .await
+                    .map_err(SendReadError::Read)
             } else {
-                read_into(upstream, buf).await
+                read_into(upstream, buf).await.map_err(SendReadError::Read)
             }
         };
         match monoio::time::timeout_at(deadline, read).await {
+            Ok(Err(SendReadError::Send(_))) => return Err(RespError::NotSent),
             Ok(Ok(0)) if buf.is_empty() => return Err(RespError::ClosedEarly),
             Ok(Ok(0)) => return Err(RespError::Truncated),
             Ok(Ok(_)) => {}
-            Ok(Err(e)) if buf.is_empty() && is_reset(&e) => return Err(RespError::ClosedEarly),
-            Ok(Err(_)) => return Err(RespError::Io),
+            Ok(Err(SendReadError::Read(e))) if buf.is_empty() && is_reset(&e) => {
+                return Err(RespError::ClosedEarly)
+            }
+            Ok(Err(SendReadError::Read(_))) => return Err(RespError::Io),
             Err(_) => return Err(RespError::TimedOut),
         }
     }

@@ -196,6 +196,18 @@ impl Inner {
         }
     }
 
+    /// The current driver runs linked operations (`OpAble::uring_link_head`):
+    /// an io_uring driver whose ring skips successful completions.
+    #[allow(unused)]
+    pub(crate) fn links(&self) -> bool {
+        match self {
+            #[cfg(all(target_os = "linux", feature = "iouring"))]
+            Inner::Uring(this) => UringInner::links(this),
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
     #[cfg(all(target_os = "linux", feature = "iouring", feature = "legacy"))]
     fn is_legacy(&self) -> bool {
         matches!(self, Inner::Legacy(..))

@@ -17,6 +17,8 @@ mod poll;
 mod read;
 mod recv;
 mod send;
+#[cfg(all(target_os = "linux", feature = "iouring"))]
+mod send_recv;
 mod write;
 
 #[cfg(unix)]
@@ -64,6 +66,13 @@ pub(crate) struct CompletionMeta {
 pub(crate) trait OpAble {
     #[cfg(all(target_os = "linux", feature = "iouring"))]
     fn uring_op(&mut self) -> io_uring::squeue::Entry;
+
+    /// A submission that goes first, linked to `uring_op`'s, and posts a
+    /// completion only if it fails (see `send_recv`).
+    #[cfg(all(target_os = "linux", feature = "iouring"))]
+    fn uring_link_head(&mut self) -> Option<io_uring::squeue::Entry> {
+        None
+    }
 
     #[cfg(any(feature = "legacy", feature = "poll-io"))]
     fn legacy_interest(&self) -> Option<(super::ready::Direction, usize)>;

@@ -99,12 +99,12 @@ impl<T: IoBufMut> Op<Recv<T>> {
 
 /// `IORING_RECVSEND_POLL_FIRST`, from the kernel's `io_uring.h`.
 #[cfg(all(target_os = "linux", feature = "iouring"))]
-const IORING_RECVSEND_POLL_FIRST: u16 = 1;
+pub(crate) const IORING_RECVSEND_POLL_FIRST: u16 = 1;
 
 /// Sets a submission's `ioprio`, which io-uring 0.6's `Recv` builder does
 /// not expose (send and receive flags live there).
 #[cfg(all(target_os = "linux", feature = "iouring"))]
-fn set_ioprio(entry: &mut io_uring::squeue::Entry, ioprio: u16) {
+pub(crate) fn set_ioprio(entry: &mut io_uring::squeue::Entry, ioprio: u16) {
     // Safety: `Entry` is `#[repr(C)]` around the kernel's `io_uring_sqe`,
     // which begins `opcode: u8, flags: u8, ioprio: u16`: the field is the
     // aligned `u16` at byte 2.

@@ -40,6 +40,18 @@ pub(crate) const POLLER_USERDATA: u64 = u64::MAX - 3;
 
 pub(crate) const MIN_REVERSED_USERDATA: u64 = u64::MAX - 3;
 
+/// Marks the index of an operation with a linked head
+/// (`OpAble::uring_link_head`), and the user data of that head. The head
+/// posts a completion only when it fails, and then the kernel posts none
+/// for the rest of the link (`REQ_F_SKIP_LINK_CQES`): either way the
+/// operation completes once.
+pub(crate) const LINKED: usize = 1 << (usize::BITS - 2);
+
+/// Set in a completion's flags when it is the linked head's: the head
+/// failed and the operation's own submission never ran. No flag the
+/// kernel sets uses this bit.
+pub(crate) const LINK_HEAD_FAILED: u32 = 1 << 31;
+
 /// Driver with uring.
 pub struct IoUringDriver {
     inner: Rc<UnsafeCell<UringInner>>,
@@ -88,6 +100,10 @@ pub(crate) struct UringInner {
 
     // How many completions the next batched wait asks for.
     want: u32,
+
+    // The ring can skip successful completions (Linux 5.17), which linked
+    // operations need.
+    skip_cqe: bool,
 }
 
 /// How a parked io_uring driver waits: for up to `max` completions, but no
@@ -146,6 +162,7 @@ impl IoUringDriver {
             ext_arg: uring.params().is_feature_ext_arg(),
             batch: None,
             want: 1,
+            skip_cqe: uring.params().is_feature_skip_cqe_on_success(),
             uring,
         }));
 
@@ -182,6 +199,7 @@ impl IoUringDriver {
             ext_arg: uring.params().is_feature_ext_arg(),
             batch: None,
             want: 1,
+            skip_cqe: uring.params().is_feature_skip_cqe_on_success(),
             uring,
             shared_waker: std::sync::Arc::new(waker::EventWaker::new(waker)),
             eventfd_installed: false,
@@ -517,6 +535,14 @@ impl UringInner {
                     self.poll.tick(Some(Duration::ZERO))?;
                 }
                 _ if index >= MIN_REVERSED_USERDATA => (),
+                // A linked head that failed: the one completion of its
+                // operation (the kernel then posts none for the rest of
+                // the link).
+                _ if index as usize & LINKED != 0 => self.ops.complete(
+                    index as usize & !LINKED,
+                    resultify(&cqe),
+                    cqe.flags() | LINK_HEAD_FAILED,
+                ),
                 _ => self.ops.complete(index as _, resultify(&cqe), cqe.flags()),
             }
         }
@@ -563,9 +589,15 @@ impl UringInner {
         T: OpAble,
     {
         let inner = unsafe { &mut *this.get() };
-        // If the submission queue is full, flush it to the kernel
-        if inner.uring.submission().is_full() {
-            inner.submit()?;
+        // If the submission queue has no room for two entries (an operation
+        // and its linked head), flush it to the kernel
+        {
+            let sq = inner.uring.submission();
+            let full = sq.capacity() - sq.len() < 2;
+            drop(sq);
+            if full {
+                inner.submit()?;
+            }
         }
 
         // Create the operation
@@ -573,10 +605,22 @@ impl UringInner {
 
         // Configure the SQE
         let data_mut = unsafe { op.data.as_mut().unwrap_unchecked() };
+        let head = OpAble::uring_link_head(data_mut);
         let sqe = OpAble::uring_op(data_mut).user_data(op.index as _);
 
         {
             let mut sq = inner.uring.submission();
+
+            if let Some(head) = head {
+                debug_assert!(inner.skip_cqe, "linked operations need skipped completions");
+                let head = head
+                    .user_data((op.index | LINKED) as _)
+                    .flags(io_uring::squeue::Flags::IO_LINK | io_uring::squeue::Flags::SKIP_SUCCESS);
+                if unsafe { sq.push(&head).is_err() } {
+                    unimplemented!("when is this hit?");
+                }
+                op.index |= LINKED;
+            }
 
             // Push the new operation
             if unsafe { sq.push(&sqe).is_err() } {
@@ -602,7 +646,7 @@ impl UringInner {
         cx: &mut Context<'_>,
     ) -> Poll<CompletionMeta> {
         let inner = unsafe { &mut *this.get() };
-        let lifecycle = unsafe { inner.ops.slab.get(index).unwrap_unchecked() };
+        let lifecycle = unsafe { inner.ops.slab.get(index & !LINKED).unwrap_unchecked() };
         lifecycle.poll_op(cx)
     }
 
@@ -641,34 +685,48 @@ impl UringInner {
             // already finished
             return;
         }
+        let linked = index & LINKED != 0;
+        let index = index & !LINKED;
         if let Some(lifecycle) = inner.ops.slab.get(index) {
             let _must_finished = lifecycle.drop_op(data);
             #[cfg(feature = "async-cancel")]
             if !_must_finished {
-                unsafe {
-                    let cancel = opcode::AsyncCancel::new(index as u64)
-                        .build()
-                        .user_data(u64::MAX);
-
-                    // Try push cancel, if failed, will submit and re-push.
-                    if inner.uring.submission().push(&cancel).is_err() {
-                        let _ = inner.submit();
-                        let _ = inner.uring.submission().push(&cancel);
-                    }
+                // A linked operation's head may still be running (a send
+                // waiting for room), with the operation's own submission
+                // not yet started: cancelling the head completes the
+                // operation with the head's ECANCELED.
+                if linked {
+                    inner.push_cancel((index | LINKED) as u64);
                 }
+                inner.push_cancel(index as u64);
             }
         }
     }
 
     pub(crate) unsafe fn cancel_op(this: &Rc<UnsafeCell<UringInner>>, index: usize) {
         let inner = &mut *this.get();
-        let cancel = opcode::AsyncCancel::new(index as u64)
-            .build()
-            .user_data(u64::MAX);
-        if inner.uring.submission().push(&cancel).is_err() {
-            let _ = inner.submit();
-            let _ = inner.uring.submission().push(&cancel);
+        if index & LINKED != 0 {
+            inner.push_cancel(index as u64);
         }
+        inner.push_cancel((index & !LINKED) as u64);
+    }
+
+    /// Queues the cancellation of the submission with user data `target`.
+    #[allow(unused)]
+    fn push_cancel(&mut self, target: u64) {
+        let cancel = opcode::AsyncCancel::new(target).build().user_data(u64::MAX);
+        // Try push cancel, if failed, will submit and re-push.
+        unsafe {
+            if self.uring.submission().push(&cancel).is_err() {
+                let _ = self.submit();
+                let _ = self.uring.submission().push(&cancel);
+            }
+        }
+    }
+
+    /// The ring can run linked operations (`OpAble::uring_link_head`).
+    pub(crate) fn links(this: &Rc<UnsafeCell<UringInner>>) -> bool {
+        unsafe { (*this.get()).skip_cqe }
     }
 
     #[cfg(feature = "sync")]

@@ -30,6 +30,15 @@ use crate::{
     BufResult,
 };
 
+/// Which half of [`TcpStream::send_then_read_awaiting`] failed.
+#[derive(Debug)]
+pub enum SendReadError {
+    /// The send; nothing was read.
+    Send(io::Error),
+    /// The read, after the whole send went out.
+    Read(io::Error),
+}
+
 /// Custom tcp connect options
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
@@ -238,6 +247,38 @@ impl TcpStream {
     pub async fn read_awaiting<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
         let op = Op::recv_with(self.fd.clone(), buf, true).unwrap();
         op.read().await
+    }
+
+    /// Sends all of `send`, then reads into `recv` like
+    /// [`TcpStream::read_awaiting`]: a request and the wait for its reply.
+    /// On io_uring (Linux 5.17 and later) the two are linked in one
+    /// submission and complete once, so the thread is not woken for the
+    /// send; elsewhere the send is awaited and the read follows.
+    ///
+    /// A failed send is [`SendReadError::Send`], with nothing read.
+    /// Dropping the future cancels both.
+    pub async fn send_then_read_awaiting<T: IoBuf + 'static, U: IoBufMut>(
+        &mut self,
+        send: T,
+        recv: U,
+    ) -> (Result<usize, SendReadError>, T, U) {
+        #[cfg(all(target_os = "linux", feature = "iouring"))]
+        if crate::driver::CURRENT.with(|inner| inner.links()) && send.bytes_init() > 0 {
+            let op = Op::send_recv(self.fd.clone(), send, recv).unwrap();
+            let done = op.result().await;
+            let result = match done.result {
+                Ok(n) => Ok(n),
+                Err(e) if done.send_failed => Err(SendReadError::Send(e)),
+                Err(e) => Err(SendReadError::Read(e)),
+            };
+            return (result, done.send, done.recv);
+        }
+        let (sent, send) = crate::io::AsyncWriteRentExt::write_all(self, send).await;
+        if let Err(e) = sent {
+            return (Err(SendReadError::Send(e)), send, recv);
+        }
+        let (read, recv) = self.read_awaiting(recv).await;
+        (read.map_err(SendReadError::Read), send, recv)
     }
 
     /// [`TcpStream::read_awaiting`], cancelable like
