@@ -40,7 +40,7 @@ pub(crate) struct SendRecvResult<T, U> {
 impl<T: IoBuf, U: IoBufMut> Op<SendRecv<T, U>> {
     /// Sends all of `send`, then receives into `recv` once the socket is
     /// readable (`IORING_RECVSEND_POLL_FIRST`). The ring must skip
-    /// successful completions (`Inner::links_sends`).
+    /// successful completions (`Inner::links`).
     pub(crate) fn send_recv(fd: SharedFd, send: T, recv: U) -> io::Result<Self> {
         Op::submit_with(SendRecv { fd, send, recv })
     }
