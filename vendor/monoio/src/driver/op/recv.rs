@@ -99,12 +99,28 @@ impl<T: IoBufMut> Op<Recv<T>> {
 
 /// `IORING_RECVSEND_POLL_FIRST`, from the kernel's `io_uring.h`.
 #[cfg(all(target_os = "linux", feature = "iouring"))]
-pub(crate) const IORING_RECVSEND_POLL_FIRST: u16 = 1;
+const IORING_RECVSEND_POLL_FIRST: u16 = 1;
+
+/// A receive into `buf`'s spare capacity; with `poll_first`, one that
+/// waits for readability before its first attempt.
+#[cfg(all(target_os = "linux", feature = "iouring"))]
+pub(crate) fn recv_entry<T: IoBufMut>(
+    fd: &SharedFd,
+    buf: &mut T,
+    poll_first: bool,
+) -> io_uring::squeue::Entry {
+    let mut entry =
+        opcode::Recv::new(types::Fd(fd.raw_fd()), buf.write_ptr(), buf.bytes_total() as _).build();
+    if poll_first {
+        set_ioprio(&mut entry, IORING_RECVSEND_POLL_FIRST);
+    }
+    entry
+}
 
 /// Sets a submission's `ioprio`, which io-uring 0.6's `Recv` builder does
 /// not expose (send and receive flags live there).
 #[cfg(all(target_os = "linux", feature = "iouring"))]
-pub(crate) fn set_ioprio(entry: &mut io_uring::squeue::Entry, ioprio: u16) {
+fn set_ioprio(entry: &mut io_uring::squeue::Entry, ioprio: u16) {
     // Safety: `Entry` is `#[repr(C)]` around the kernel's `io_uring_sqe`,
     // which begins `opcode: u8, flags: u8, ioprio: u16`: the field is the
     // aligned `u16` at byte 2.
@@ -120,16 +136,7 @@ pub(crate) fn set_ioprio(entry: &mut io_uring::squeue::Entry, ioprio: u16) {
 impl<T: IoBufMut> OpAble for Recv<T> {
     #[cfg(all(target_os = "linux", feature = "iouring"))]
     fn uring_op(&mut self) -> io_uring::squeue::Entry {
-        let mut entry = opcode::Recv::new(
-            types::Fd(self.fd.raw_fd()),
-            self.buf.write_ptr(),
-            self.buf.bytes_total() as _,
-        )
-        .build();
-        if self.poll_first {
-            set_ioprio(&mut entry, IORING_RECVSEND_POLL_FIRST);
-        }
-        entry
+        recv_entry(&self.fd, &mut self.buf, self.poll_first)
     }
 
     #[cfg(any(feature = "legacy", feature = "poll-io"))]

@@ -12,7 +12,7 @@ use std::io;
 
 use io_uring::{opcode, types};
 
-use super::{super::shared_fd::SharedFd, recv::set_ioprio, Op, OpAble};
+use super::{super::shared_fd::SharedFd, recv::recv_entry, Op, OpAble};
 use crate::driver::uring::LINK_HEAD_FAILED;
 #[cfg(any(feature = "legacy", feature = "poll-io"))]
 use crate::driver::ready::Direction;
@@ -70,14 +70,7 @@ impl<T: IoBuf, U: IoBufMut> Op<SendRecv<T, U>> {
 
 impl<T: IoBuf, U: IoBufMut> OpAble for SendRecv<T, U> {
     fn uring_op(&mut self) -> io_uring::squeue::Entry {
-        let mut entry = opcode::Recv::new(
-            types::Fd(self.fd.raw_fd()),
-            self.recv.write_ptr(),
-            self.recv.bytes_total() as _,
-        )
-        .build();
-        set_ioprio(&mut entry, super::recv::IORING_RECVSEND_POLL_FIRST);
-        entry
+        recv_entry(&self.fd, &mut self.recv, true)
     }
 
     fn uring_link_head(&mut self) -> Option<io_uring::squeue::Entry> {
