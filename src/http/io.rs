@@ -101,6 +101,36 @@ pub trait Park {
         buf: &mut Vec<u8>,
         c: CancelHandle,
     ) -> impl std::future::Future<Output = io::Result<usize>>;
+    /// A keep-alive response small enough may wait to leave with the held
+    /// read that follows it ([`Park::send_then_read_held`]), which TCP
+    /// links to it on io_uring. TLS writes its records as it seals them.
+    fn sends_with_held_read(&self) -> bool {
+        false
+    }
+    /// Sends all of `send`, keeping it, then reads like
+    /// [`Park::read_held`]: a response and the wait for the connection's
+    /// next request. `c` cancels the send as well as the read where they
+    /// are linked (plain TCP on io_uring: see
+    /// `monoio::net::TcpStream::cancelable_send_then_read_awaiting`);
+    /// other streams write, then hold the read.
+    ///
+    /// # Errors
+    /// Which of the two failed: after a failed (or cancelled) send nothing
+    /// was read.
+    fn send_then_read_held(
+        &mut self,
+        send: &mut Vec<u8>,
+        buf: &mut Vec<u8>,
+        c: CancelHandle,
+    ) -> impl std::future::Future<Output = Result<usize, SendReadError>>
+    where
+        Self: Stream + Sized,
+    {
+        async move {
+            write_all(self, send).await.map_err(SendReadError::Send)?;
+            self.read_held(buf, c).await.map_err(SendReadError::Read)
+        }
+    }
     /// Takes socket bytes from [`Park::read_held`] as the stream's next
     /// input (after [`Park::restore`]): for TCP they go into the read
     /// buffer `rbuf`, for TLS into the ciphertext buffer.
@@ -141,6 +171,27 @@ impl Park for monoio::net::TcpStream {
         let (res, slice) = self
             .cancelable_read_awaiting(owned.slice_mut(len..), c)
             .await;
+        *buf = slice.into_inner();
+        res
+    }
+
+    fn sends_with_held_read(&self) -> bool {
+        true
+    }
+
+    async fn send_then_read_held(
+        &mut self,
+        send: &mut Vec<u8>,
+        buf: &mut Vec<u8>,
+        c: CancelHandle,
+    ) -> Result<usize, SendReadError> {
+        debug_assert!(buf.len() < buf.capacity());
+        let owned = std::mem::take(send);
+        let (recv, len) = lend(buf);
+        let (res, owned, slice) = self
+            .cancelable_send_then_read_awaiting(owned, recv.slice_mut(len..), c)
+            .await;
+        *send = owned;
         *buf = slice.into_inner();
         res
     }
@@ -564,6 +615,96 @@ mod tests {
             let all = join(peer).await.expect("the close reached the peer");
             assert_eq!(all.len(), filled, "only the fill arrived");
             assert!(all.iter().all(|&b| b == b'f'));
+        });
+    }
+
+    /// A response, then the held read for the next request: the response
+    /// reaches the peer whole, its buffer comes back, and the peer's next
+    /// bytes land in the hold buffer.
+    #[test]
+    fn send_then_read_held_sends_the_response_then_holds_the_read() {
+        every_driver(|| async {
+            let (mut client, mut server) = std_pair().await;
+            let peer = std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut got = [0; 8];
+                client.read_exact(&mut got).unwrap();
+                client.write_all(b"next").unwrap();
+                (client, got)
+            });
+            let mut send = b"response".to_vec();
+            let mut buf = Vec::with_capacity(64);
+            let n = server
+                .send_then_read_held(&mut send, &mut buf, Canceller::new().handle())
+                .await
+                .expect("sent and read");
+            let (_client, got) = join(peer).await;
+            assert_eq!(&got, b"response");
+            assert_eq!(&buf[..n], b"next");
+            assert_eq!(send, b"response", "the response buffer came back");
+        });
+    }
+
+    /// Polls `op` once, which queues its submission, and says whether it
+    /// is still pending.
+    async fn queue<F: Future>(op: std::pin::Pin<&mut F>) -> bool {
+        let mut op = op;
+        std::future::poll_fn(|cx| Poll::Ready(op.as_mut().poll(cx).is_pending())).await
+    }
+
+    /// Cancelled after its response went out, the held read ends as an
+    /// idle one does: `ECANCELED` from the read, not the send.
+    #[test]
+    fn a_held_read_cancelled_after_its_response_is_a_quiet_read() {
+        io_uring(|| async {
+            let (mut client, mut server) = std_pair().await;
+            let canceller = Canceller::new();
+            let mut send = b"response".to_vec();
+            let mut buf = Vec::with_capacity(64);
+            let mut op = pin!(server.send_then_read_held(&mut send, &mut buf, canceller.handle()));
+            assert!(queue(op.as_mut()).await, "the operation waits for the ring");
+            let peer = std::thread::spawn(move || {
+                use std::io::Read;
+                let mut got = [0; 8];
+                client.read_exact(&mut got).unwrap();
+                (client, got)
+            });
+            let (_client, got) = join(peer).await;
+            assert_eq!(&got, b"response");
+            let _ = canceller.cancel();
+            match op.await {
+                Err(SendReadError::Read(e)) => assert_eq!(e.raw_os_error(), Some(libc::ECANCELED)),
+                other => panic!("expected a cancelled read, got {other:?}"),
+            }
+        });
+    }
+
+    /// Cancelled while its response waits for room (the peer reads
+    /// nothing), the operation fails as a send: the connection is to close,
+    /// not to wait on.
+    #[test]
+    fn a_held_read_cancelled_while_its_response_waits_fails_the_send() {
+        io_uring(|| async {
+            let (_client, mut server) = std_pair().await;
+            let chunk = [b'f'; 4096];
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&server);
+            while crate::sys::send_now(fd, &chunk).is_ok() {}
+            let canceller = Canceller::new();
+            let mut send = b"response".to_vec();
+            let mut buf = Vec::with_capacity(64);
+            {
+                let mut op =
+                    pin!(server.send_then_read_held(&mut send, &mut buf, canceller.handle()));
+                assert!(queue(op.as_mut()).await, "the operation waits for the ring");
+                // Submitted with the cancellation or before it, the send
+                // finds no room and waits until it is cancelled.
+                let _ = canceller.cancel();
+                match op.await {
+                    Err(SendReadError::Send(_)) => {}
+                    other => panic!("expected a cancelled send, got {other:?}"),
+                }
+            }
+            assert!(buf.is_empty(), "nothing was read");
         });
     }
 

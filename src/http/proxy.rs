@@ -24,7 +24,7 @@ use std::net::{IpAddr, SocketAddr};
 use monoio::time::{loop_now, Instant};
 
 use super::body::{self, BodyError, Encode};
-use super::conn::{respond_error, Downstream, Next};
+use super::conn::{respond_error, send_last, Downstream, Next};
 use super::head::{
     parse_response, trim, Framing, Header, Method, Parse, RequestView, ResponseHead, Version,
 };
@@ -413,7 +413,16 @@ async fn attempt<S: Stream, U: Stream>(
     let written = if with_head <= COPY_WITH_HEAD {
         d.x.wbuf
             .extend_from_slice(&ubuf[up_start..up_start + with_head]);
-        write_all(&mut d.conn.stream, &mut d.x.wbuf).await
+        let whole = match resp_framing {
+            Framing::Empty => true,
+            Framing::Length(n) => n == with_head as u64,
+            _ => false,
+        };
+        if whole {
+            send_last(d, keep).await
+        } else {
+            write_all(&mut d.conn.stream, &mut d.x.wbuf).await
+        }
     } else {
         let head_len = d.x.wbuf.len();
         let gather = Gather::new(

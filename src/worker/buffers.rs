@@ -47,8 +47,9 @@ pub const KEEP: usize = 16 * 1024;
 pub const HOLD_BUF: usize = 1024;
 /// Connections holding a read at once, per worker; more idle connections
 /// park at once. Bounds what held connections take beyond the pools (about
-/// 1.8 KiB each: hold buffer, the read's future, its canceller) to under
-/// 2 MiB per worker, however many clients go quiet at the same time.
+/// 1.8 KiB each: hold buffer, the read's future, its canceller; 1 KiB more
+/// while the response before it is linked to the read) to under 3 MiB per
+/// worker, however many clients go quiet at the same time.
 pub const MAX_HELD: u64 = 1024;
 /// Exchanges kept for reuse (about 22 KiB each: 5.6 MiB per worker at
 /// most), and as many TLS record buffers (16.5 KiB each).

@@ -262,9 +262,39 @@ impl TcpStream {
         send: T,
         recv: U,
     ) -> (Result<usize, SendReadError>, T, U) {
+        self.send_recv(send, recv, None).await
+    }
+
+    /// [`TcpStream::send_then_read_awaiting`], cancelable like
+    /// [`CancelableAsyncReadRent::cancelable_read`]: cancelled while the
+    /// send waits for room, the send fails (`ECANCELED`, or the error
+    /// names the bytes it sent) and nothing is read; cancelled after it,
+    /// the read fails with `ECANCELED` unless its bytes came first. On the
+    /// fallback (no linked operations) only the read can be cancelled.
+    pub async fn cancelable_send_then_read_awaiting<T: IoBuf + 'static, U: IoBufMut>(
+        &mut self,
+        send: T,
+        recv: U,
+        c: CancelHandle,
+    ) -> (Result<usize, SendReadError>, T, U) {
+        if c.canceled() {
+            return (Err(SendReadError::Send(operation_canceled())), send, recv);
+        }
+        self.send_recv(send, recv, Some(c)).await
+    }
+
+    async fn send_recv<T: IoBuf + 'static, U: IoBufMut>(
+        &mut self,
+        send: T,
+        recv: U,
+        c: Option<CancelHandle>,
+    ) -> (Result<usize, SendReadError>, T, U) {
         #[cfg(all(target_os = "linux", feature = "iouring"))]
         if crate::driver::CURRENT.with(|inner| inner.links()) && send.bytes_init() > 0 {
             let op = Op::send_recv(self.fd.clone(), send, recv).unwrap();
+            // The operation's canceller carries its `LINKED` bit: it
+            // cancels the send as well as the receive.
+            let _guard = c.map(|c| c.associate_op(op.op_canceller()));
             let done = op.result().await;
             let result = match done.result {
                 Ok(n) => Ok(n),
@@ -277,7 +307,10 @@ impl TcpStream {
         if let Err(e) = sent {
             return (Err(SendReadError::Send(e)), send, recv);
         }
-        let (read, recv) = self.read_awaiting(recv).await;
+        let (read, recv) = match c {
+            Some(c) => self.cancelable_recv(recv, c, true).await,
+            None => self.read_awaiting(recv).await,
+        };
         (read.map_err(SendReadError::Read), send, recv)
     }
 
