@@ -39,7 +39,7 @@ use crate::observability::access_log::field_str;
 use crate::routing::{Action, Route};
 use crate::security::client_ip::client_ip;
 use crate::security::path::{self, Anomalies, PathError};
-use crate::worker::buffers::{FIELDS, HOLD_BUF, KEEP, PATH, READ_BUF, WRITE_BUF};
+use crate::worker::buffers::{FIELDS, KEEP, PATH, READ_BUF, SEND_BUF, WRITE_BUF};
 use crate::worker::{Accepted, DrainGuard, Snapshot, WorkerCtx};
 
 /// After an error response, how long unread client bytes are drained before
@@ -483,7 +483,7 @@ async fn flush<S: Stream>(d: &mut Downstream<'_, S>) -> bool {
 }
 
 /// Sends the whole response in `d.x.wbuf`, or, when the connection stays
-/// open and the response fits a hold buffer, leaves it for [`wait_next`]
+/// open and the response fits `SEND_BUF`, leaves it for [`wait_next`]
 /// to send in one submission with the held read that waits for the next
 /// request: the thread is then not woken for the send
 /// (`Park::send_then_read_held`). Every path from here either holds that
@@ -491,7 +491,7 @@ async fn flush<S: Stream>(d: &mut Downstream<'_, S>) -> bool {
 /// reach the socket, a turn of the event loop at most: the access log's
 /// duration ends when the response is ready to send.
 pub async fn send_last<S: Stream>(d: &mut Downstream<'_, S>, keep: bool) -> std::io::Result<()> {
-    if keep && d.conn.send_with_hold && d.x.wbuf.len() <= HOLD_BUF {
+    if keep && d.conn.send_with_hold && d.x.wbuf.len() <= SEND_BUF {
         d.x.unsent = true;
         return Ok(());
     }
@@ -500,8 +500,8 @@ pub async fn send_last<S: Stream>(d: &mut Downstream<'_, S>, keep: bool) -> std:
 
 /// Waits for an idle keep-alive connection's next request (io_uring only),
 /// its buffers back in the pool meanwhile (see `worker::buffers`). A
-/// response [`send_last`] left unsent goes first, from a hold buffer of
-/// its own, linked to the held read.
+/// response [`send_last`] left unsent goes first, from a buffer of its
+/// own (`SEND_BUF`), linked to the held read.
 ///
 /// For `keepalive_park_after` a read stays armed with a 1 KiB hold buffer:
 /// a request that comes in that time arrives with the read and costs no
@@ -538,7 +538,7 @@ async fn wait_next<S: Stream + Park>(
     if x.unsent {
         x.unsent = false;
         if holding.is_some() {
-            let mut send = pool.take_hold();
+            let mut send = pool.take_send();
             send.extend_from_slice(&x.wbuf);
             unsent = Some(send);
         } else {
@@ -638,7 +638,7 @@ async fn hold<S: Stream + Park>(
     drop(timer);
     pool.put_canceller(canceller);
     if let Some(send) = unsent {
-        pool.put_hold(send);
+        pool.put_send(send);
     }
     let held = match result {
         Ok(n) if n > 0 => return Held::Bytes(buf),

@@ -45,11 +45,16 @@ pub const KEEP: usize = 16 * 1024;
 /// `client_header_buffer_size` is 1 KiB too) arrives whole with that read;
 /// the rest of a longer one is read into the exchange's read buffer.
 pub const HOLD_BUF: usize = 1024;
+/// Response buffer of a held read: a keep-alive response up to this size
+/// is copied into one and sent linked to the read (`http::conn::send_last`).
+/// Small proxied responses, direct responses and errors fit; the buffer
+/// stays with the read until it ends, so it is kept small.
+pub const SEND_BUF: usize = 512;
 /// Connections holding a read at once, per worker; more idle connections
 /// park at once. Bounds what held connections take beyond the pools (about
-/// 1.8 KiB each: hold buffer, the read's future, its canceller; 1 KiB more
-/// while the response before it is linked to the read) to under 3 MiB per
-/// worker, however many clients go quiet at the same time.
+/// 1.8 KiB each: hold buffer, the read's future, its canceller; 0.5 KiB
+/// more while the response before it is linked to the read) to under
+/// 2.5 MiB per worker, however many clients go quiet at the same time.
 pub const MAX_HELD: u64 = 1024;
 /// Exchanges kept for reuse (about 22 KiB each: 5.6 MiB per worker at
 /// most), and as many TLS record buffers (16.5 KiB each).
@@ -65,6 +70,8 @@ pub struct BufferPool {
     records: Bytes<READ_CHUNK>,
     /// Buffers for held reads between requests.
     holds: Bytes<HOLD_BUF>,
+    /// Responses linked to held reads.
+    sends: Bytes<SEND_BUF>,
     /// Cancellers of held reads (each an `Rc` and a small set, reused).
     cancellers: RefCell<Vec<Canceller>>,
     /// Connections waiting for a request without buffers.
@@ -109,6 +116,16 @@ impl BufferPool {
     /// are kept.
     pub fn put_hold(&self, buf: Vec<u8>) {
         self.holds.put(buf);
+    }
+
+    /// An empty buffer for a response linked to a held read.
+    pub fn take_send(&self) -> Vec<u8> {
+        self.sends.take()
+    }
+
+    /// Returns a linked response's buffer; only standard ones are kept.
+    pub fn put_send(&self, buf: Vec<u8>) {
+        self.sends.put(buf);
     }
 
     /// A canceller for a held read.
