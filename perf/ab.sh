@@ -23,16 +23,7 @@ W=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; pkill -f "$W" 2>/dev/null || true; rm -rf "$W"' EXIT
 ORIGIN=19480
 
-mkdir -p "$W/www" "$W/logs"; printf 'hello world\n' > "$W/www/small"; chmod -R a+rX "$W"
-origin_conf "$W" $ORIGIN > "$W/origin.conf"
-taskset -c 1 nginx -c "$W/origin.conf" &
-ringgate_conf 19490 $ORIGIN > "$W/new.toml"
-ringgate_conf 19491 $ORIGIN > "$W/base.toml"
-taskset -c 0 "$NEW" run -c "$W/new.toml" 2> "$W/logs/new.err" &
-taskset -c 0 "$BASE" run -c "$W/base.toml" 2> "$W/logs/base.err" &
-for port in $ORIGIN 19490 19491; do
-  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-done
+start_two_builds "$W" "$NEW" "$BASE" $ORIGIN
 
 ticks() { awk '{print $14 + $15, $14, $15}' "/proc/$1/stat"; }
 per_req() { echo "scale=2; $1 * 1000000 / $(getconf CLK_TCK) / $2" | bc; }

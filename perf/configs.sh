@@ -1,4 +1,4 @@
-# Configs shared by perf/compare.sh and perf/sweep.sh, so every harness runs
+# Configs shared by the perf/ scripts, so every harness runs
 # the origin and the peers the same way. Sourced; each function prints one
 # file. WORK is the run's scratch directory (pid files, logs, temp paths).
 
@@ -81,5 +81,22 @@ EOF
 nginx_workers() { # CONF
   pgrep -f "nginx: worker process" | while read -r p; do
     grep -q "$1" "/proc/$(ps -o ppid= -p "$p" | tr -d ' ')/cmdline" 2>/dev/null && echo "$p"
+  done
+}
+
+# Starts the origin (nginx, small body) on core 1 and two ringgate builds
+# with ringgate_conf on core 0, NEW on port 19490 and BASE on 19491, and
+# waits until all three accept. For perf/ab.sh and perf/counts.sh.
+start_two_builds() { # WORK NEW BASE ORIGIN_PORT
+  mkdir -p "$1/www" "$1/logs"; printf 'hello world\n' > "$1/www/small"; chmod -R a+rX "$1"
+  origin_conf "$1" "$4" > "$1/origin.conf"
+  taskset -c 1 nginx -c "$1/origin.conf" &
+  ringgate_conf 19490 "$4" > "$1/new.toml"
+  ringgate_conf 19491 "$4" > "$1/base.toml"
+  taskset -c 0 "$2" run -c "$1/new.toml" 2> "$1/logs/new.err" &
+  taskset -c 0 "$3" run -c "$1/base.toml" 2> "$1/logs/base.err" &
+  local port
+  for port in "$4" 19490 19491; do
+    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
   done
 }
