@@ -535,8 +535,7 @@ async fn wait_next<S: Stream + Park>(
     // one parks at once, for all of `idle`.
     let holding = if armed.is_zero() { None } else { pool.hold() };
     let mut unsent = None;
-    if x.unsent {
-        x.unsent = false;
+    if std::mem::take(&mut x.unsent) {
         if holding.is_some() {
             let mut send = pool.take_send();
             send.extend_from_slice(&x.wbuf);

@@ -911,4 +911,100 @@ mod tests {
             writer.join().unwrap();
         });
     }
+
+    /// A small keep-alive response leaves with the read held for the
+    /// connection's next request (`http::conn::send_last`), in one
+    /// submission that completes once: a request answered on a kept-alive
+    /// connection costs the worker one io_uring completion, not one for
+    /// its response's send and one for the next request's read.
+    #[test]
+    fn a_small_response_leaves_with_the_next_read() {
+        use std::io::Read;
+        use std::rc::Rc;
+
+        const REQUESTS: u64 = 64;
+        let (mut rt, deferred) = uring_runtime(0, 256, true).expect("io_uring runtime");
+        rt.block_on(async move {
+            let config = crate::config::Config::parse(
+                "test.toml",
+                "[[listeners]]\nname = \"t\"\naddress = \"127.0.0.1:0\"\n\
+                 [[routes]]\nname = \"r\"\nrespond = { status = 200, body = \"ok\" }\n",
+            )
+            .expect("config");
+            let config = Arc::new(config);
+            let logs = crate::observability::Logs::start(&config).expect("logs");
+            let driver = super::Driver::IoUring {
+                deferred,
+                wait_batch: 1,
+            };
+            let ctx = Rc::new(super::WorkerCtx::new(0, config, &logs, driver));
+
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (server, peer) = listener.accept().unwrap();
+            let stream = monoio::net::TcpStream::from_std(server).unwrap();
+            let slots = Rc::new(super::ConnSlots::default());
+            slots.acquire();
+            ctx.conns.acquire();
+            let conn = super::Accepted {
+                ctx: ctx.clone(),
+                slots,
+                peer,
+                listener: 0,
+                at: monoio::time::loop_now(),
+                proxy_protocol: false,
+            };
+            let secure = crate::http::conn::Secure::default();
+            let served = monoio::spawn(crate::http::conn::serve(conn, stream, secure));
+
+            // One request first, so the counting starts on a kept-alive
+            // connection; then the rest, each sent once the last response
+            // is read; then the close.
+            let (go, ready) = std::sync::mpsc::channel::<()>();
+            let done = Arc::new(AtomicBool::new(false));
+            let finished = done.clone();
+            let peer = std::thread::spawn(move || {
+                let exchange = |client: &mut std::net::TcpStream| {
+                    client
+                        .write_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
+                        .unwrap();
+                    let mut got = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !got.ends_with(b"\r\n\r\nok") {
+                        let n = client.read(&mut buf).unwrap();
+                        assert!(n > 0, "the connection closed");
+                        got.extend_from_slice(&buf[..n]);
+                    }
+                };
+                exchange(&mut client);
+                finished.store(true, Ordering::SeqCst);
+                ready.recv().unwrap();
+                for _ in 0..REQUESTS {
+                    exchange(&mut client);
+                }
+                finished.store(true, Ordering::SeqCst);
+            });
+            let wait = |flag: Arc<AtomicBool>| async move {
+                for _ in 0..2_000 {
+                    if flag.swap(false, Ordering::SeqCst) {
+                        return;
+                    }
+                    monoio::time::sleep(Duration::from_millis(5)).await;
+                }
+                panic!("the client did not finish");
+            };
+            wait(done.clone()).await;
+            let before = monoio::utils::uring_completions().expect("an io_uring runtime");
+            go.send(()).unwrap();
+            wait(done.clone()).await;
+            let completions = monoio::utils::uring_completions().unwrap() - before;
+            peer.join().unwrap();
+            drop(served);
+            // One per request, and a little for the loop's own waits.
+            assert!(
+                completions < REQUESTS * 3 / 2,
+                "{completions} completions for {REQUESTS} requests"
+            );
+        });
+    }
 }

@@ -196,6 +196,18 @@ impl Inner {
         }
     }
 
+    /// Completions the io_uring driver has reaped so far; `None` on the
+    /// legacy driver.
+    #[allow(unused)]
+    pub(crate) fn completions(&self) -> Option<u64> {
+        match self {
+            #[cfg(all(target_os = "linux", feature = "iouring"))]
+            Inner::Uring(this) => Some(UringInner::completions(this)),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
     /// The current driver runs linked operations (`OpAble::uring_link_head`):
     /// an io_uring driver whose ring skips successful completions.
     #[allow(unused)]

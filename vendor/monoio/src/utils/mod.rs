@@ -23,3 +23,13 @@ pub use self::ctrlc::{CtrlC, Error as CtrlCError};
 mod bind_to_cpu_set;
 #[cfg(feature = "utils")]
 pub use bind_to_cpu_set::{bind_to_cpu_set, BindError};
+
+/// io_uring completions the current thread's runtime has reaped so far:
+/// a count of the thread's wake-ups for I/O, for tests and diagnostics.
+/// `None` outside a runtime and on the legacy driver.
+pub fn uring_completions() -> Option<u64> {
+    if !crate::driver::CURRENT.is_set() {
+        return None;
+    }
+    crate::driver::CURRENT.with(|inner| inner.completions())
+}

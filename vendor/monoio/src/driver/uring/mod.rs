@@ -104,6 +104,9 @@ pub(crate) struct UringInner {
     // The ring can skip successful completions (Linux 5.17), which linked
     // operations need.
     skip_cqe: bool,
+
+    // Completions reaped so far (`utils::uring_completions`).
+    completed: u64,
 }
 
 /// How a parked io_uring driver waits: for up to `max` completions, but no
@@ -163,6 +166,7 @@ impl IoUringDriver {
             batch: None,
             want: 1,
             skip_cqe: uring.params().is_feature_skip_cqe_on_success(),
+            completed: 0,
             uring,
         }));
 
@@ -200,6 +204,7 @@ impl IoUringDriver {
             batch: None,
             want: 1,
             skip_cqe: uring.params().is_feature_skip_cqe_on_success(),
+            completed: 0,
             uring,
             shared_waker: std::sync::Arc::new(waker::EventWaker::new(waker)),
             eventfd_installed: false,
@@ -546,6 +551,7 @@ impl UringInner {
                 _ => self.ops.complete(index as _, resultify(&cqe), cqe.flags()),
             }
         }
+        self.completed += u64::from(reaped);
         Ok(reaped)
     }
 
@@ -722,6 +728,11 @@ impl UringInner {
                 let _ = self.uring.submission().push(&cancel);
             }
         }
+    }
+
+    /// Completions reaped so far.
+    pub(crate) fn completions(this: &Rc<UnsafeCell<UringInner>>) -> u64 {
+        unsafe { (*this.get()).completed }
     }
 
     /// The ring can run linked operations (`OpAble::uring_link_head`).
