@@ -440,3 +440,104 @@ fn stalled_upstream_body_cuts_the_response() {
         "the client sees a short body, then the close: {text}"
     );
 }
+
+/// Data segments a socket has received: `tcpi_data_segs_in` of `TCP_INFO`
+/// (Linux 4.6), at byte 152 of `struct tcp_info`.
+fn data_segments_in(s: &std::net::TcpStream) -> u32 {
+    use std::os::fd::AsRawFd;
+    let mut info = [0u8; 256];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    assert!(
+        len >= 156,
+        "TCP_INFO of {len} bytes has no tcpi_data_segs_in"
+    );
+    u32::from_ne_bytes(info[152..156].try_into().unwrap())
+}
+
+/// Sets `SO_RCVBUF` on a listener, for the connections it accepts.
+fn set_receive_buffer(l: &std::net::TcpListener, bytes: libc::c_int) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setsockopt reads one c_int from a live local.
+    let rc = unsafe {
+        libc::setsockopt(
+            l.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+}
+
+/// A request body of known length leaves for the upstream in full
+/// segments: the head and every piece of the body but the last are sent
+/// saying more follows (`MSG_MORE`), so the kernel fills each segment
+/// across the gateway's 16 KiB reads and the upstream is woken once per
+/// segment. A 64 KiB body and its head take three segments on loopback
+/// (the kernel sizes them to half the peer's window), where pushing the
+/// head and each read's bytes as they come takes six.
+#[test]
+fn a_body_of_known_length_reaches_the_upstream_in_full_segments() {
+    use std::io::{Read, Write};
+    const BODY: usize = 64 * 1024;
+    for driver in DRIVERS {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        // A receive window wider than the request: a segment ends where
+        // the gateway's writes push it or at the kernel's segment size,
+        // not where a window filled by a slow reader cuts it.
+        set_receive_buffer(&listener, 4 << 20);
+        let addr = listener.local_addr().unwrap();
+        let upstream = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+                .unwrap();
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 256 * 1024];
+            let body_at = loop {
+                let n = s.read(&mut buf).unwrap();
+                assert!(n > 0, "the gateway closed mid-request");
+                got.extend_from_slice(&buf[..n]);
+                if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                    if got.len() >= end + 4 + BODY {
+                        break end + 4;
+                    }
+                }
+            };
+            let segments = data_segments_in(&s);
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .unwrap();
+            (segments, got.split_off(body_at))
+        });
+        let gw = Gateway::start(&config(
+            driver,
+            &format!(
+                "[[clusters]]\nname = \"c\"\nendpoints = [\"{addr}\"]\n\n{}",
+                route_all("c")
+            ),
+        ));
+        let mut c = Client::connect(gw.main());
+        let mut req = format!("POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {BODY}\r\n\r\n")
+            .into_bytes();
+        req.extend_from_slice(&pattern(0, BODY));
+        c.send(&req);
+        assert_eq!(c.read_response().status, 200, "{driver}");
+        let (segments, body) = upstream.join().unwrap();
+        assert!(body == pattern(0, BODY), "{driver}: the body changed");
+        assert!(
+            segments <= 4,
+            "{driver}: {segments} data segments for a 64 KiB body and its head"
+        );
+    }
+}

@@ -28,6 +28,19 @@ pub trait Stream: AsyncReadRent + AsyncWriteRent {
         self.read(buf)
     }
 
+    /// Writes like `write`, with more bytes of the same message to follow
+    /// at once: the rest of a request body of known length. TCP sends with
+    /// `MSG_MORE`, so the kernel fills segments across writes rather than
+    /// pushing each one (despite `TCP_NODELAY`) and the peer is woken once
+    /// for them; the next write without the hint pushes what is held.
+    /// Other streams write as usual.
+    fn write_more<T: IoBuf>(
+        &mut self,
+        buf: T,
+    ) -> impl std::future::Future<Output = monoio::BufResult<usize, T>> {
+        self.write(buf)
+    }
+
     /// Sends all of `wbuf`, keeping it, then reads into `rbuf`'s spare
     /// capacity like [`Stream::read_awaiting`]: a request, then its
     /// response's first bytes. Plain TCP on io_uring links the two in one
@@ -60,6 +73,13 @@ impl Stream for monoio::net::TcpStream {
         buf: T,
     ) -> impl std::future::Future<Output = monoio::BufResult<usize, T>> {
         monoio::net::TcpStream::read_awaiting(self, buf)
+    }
+
+    fn write_more<T: IoBuf>(
+        &mut self,
+        buf: T,
+    ) -> impl std::future::Future<Output = monoio::BufResult<usize, T>> {
+        monoio::net::TcpStream::write_more(self, buf)
     }
 
     async fn send_then_read_awaiting(
@@ -300,6 +320,36 @@ pub async fn write_range<S: Stream>(
     let (res, slice) = stream.write_all(owned.slice(range)).await;
     *buf = slice.into_inner();
     res.map(|_| ())
+}
+
+/// Writes all of `buf[range]` like [`write_range`], with more of the same
+/// message to follow at once ([`Stream::write_more`]). The caller's next
+/// write must be one without the hint, or the kernel may hold these bytes.
+///
+/// # Errors
+/// The I/O error of a write.
+pub async fn write_range_more<S: Stream>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    range: std::ops::Range<usize>,
+) -> io::Result<()> {
+    let mut owned = std::mem::take(buf);
+    let mut at = range.start;
+    let mut res = Ok(());
+    while at < range.end {
+        let (r, slice) = stream.write_more(owned.slice(at..range.end)).await;
+        owned = slice.into_inner();
+        match r {
+            Ok(0) => res = Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => at += n,
+            Err(e) => res = Err(e),
+        }
+        if res.is_err() {
+            break;
+        }
+    }
+    *buf = owned;
+    res
 }
 
 /// Writes all of `buf`, keeping it.

@@ -29,7 +29,8 @@ use super::head::{
     parse_response, trim, Framing, Header, Method, Parse, RequestView, ResponseHead, Version,
 };
 use super::io::{
-    read_into, read_into_awaiting, write_all, write_gather, ReadError, SendReadError, Stream,
+    read_into, read_into_awaiting, write_all, write_gather, write_range_more, ReadError,
+    SendReadError, Stream,
 };
 use super::response::{push_field, push_ip, push_u64, RequestId};
 use crate::error::GatewayError;
@@ -253,8 +254,23 @@ async fn attempt<S: Stream, U: Stream>(
     // request head (wbuf keeps it until a response begins, for a retry);
     // without a body it leaves with the response head's first read
     let head_alone = !d.x.buffered && framing == Framing::Empty;
-    if !head_alone && write_all(upstream, &mut d.x.wbuf).await.is_err() {
-        return Err(Attempt::Retry);
+    // Before a body of known length the head says more follows: it leaves
+    // in the body's first segment, and the upstream wakes once for both.
+    let body_follows = if d.x.buffered {
+        !d.x.body.is_empty()
+    } else {
+        matches!(framing, Framing::Length(_))
+    };
+    if !head_alone {
+        let len = d.x.wbuf.len();
+        let sent = if body_follows {
+            write_range_more(upstream, &mut d.x.wbuf, 0..len).await
+        } else {
+            write_all(upstream, &mut d.x.wbuf).await
+        };
+        if sent.is_err() {
+            return Err(Attempt::Retry);
+        }
     }
 
     // request body: read whole already (JSON Schema routes), or streamed
@@ -293,6 +309,7 @@ async fn attempt<S: Stream, U: Stream>(
             &mut d.x.decoder,
             t.request_body_idle,
             route.max_body_bytes,
+            true,
         )
         .await;
         if let Ok(n) = result {
@@ -461,6 +478,7 @@ async fn attempt<S: Stream, U: Stream>(
         &mut d.x.decoder,
         t.upstream_idle,
         u64::MAX,
+        false,
     )
     .await;
     let sent = match result {

@@ -29,11 +29,27 @@ pub(crate) struct Send<T> {
     fd: SharedFd,
 
     pub(crate) buf: T,
+    /// Sends with `MSG_MORE`: more bytes follow at once, so the kernel
+    /// may hold these back to fill a segment with them.
+    more: bool,
 }
 
 impl<T: IoBuf> Op<Send<T>> {
     pub(crate) fn send(fd: SharedFd, buf: T) -> io::Result<Self> {
-        Op::submit_with(Send { fd, buf })
+        Op::submit_with(Send {
+            fd,
+            buf,
+            more: false,
+        })
+    }
+
+    /// Sends like [`Op::send`], with `MSG_MORE`.
+    pub(crate) fn send_more(fd: SharedFd, buf: T) -> io::Result<Self> {
+        Op::submit_with(Send {
+            fd,
+            buf,
+            more: true,
+        })
     }
 
     #[allow(unused)]
@@ -41,6 +57,7 @@ impl<T: IoBuf> Op<Send<T>> {
         Send {
             fd: fd.clone(),
             buf,
+            more: false,
         }
     }
 
@@ -74,6 +91,11 @@ impl<T: IoBuf> OpAble for Send<T> {
         #[cfg(not(feature = "zero-copy"))]
         #[allow(deprecated)]
         let flags = libc::MSG_NOSIGNAL as libc::c_int;
+        let flags = if self.more {
+            flags | libc::MSG_MORE
+        } else {
+            flags
+        };
 
         opcode::Send::new(
             types::Fd(self.fd.raw_fd()),
@@ -97,7 +119,11 @@ impl<T: IoBuf> OpAble for Send<T> {
         let fd = self.fd.as_raw_fd();
         #[cfg(target_os = "linux")]
         #[allow(deprecated)]
-        let flags = libc::MSG_NOSIGNAL as _;
+        let flags = if self.more {
+            libc::MSG_NOSIGNAL | libc::MSG_MORE
+        } else {
+            libc::MSG_NOSIGNAL
+        };
         #[cfg(not(target_os = "linux"))]
         let flags = 0;
 

@@ -249,6 +249,17 @@ impl TcpStream {
         op.read().await
     }
 
+    /// Writes like [`AsyncWriteRent::write`], telling the kernel that more
+    /// bytes follow at once (`MSG_MORE`): it may hold these back, even
+    /// with `TCP_NODELAY` set, until a write without the hint, or until
+    /// they fill a segment. For the parts of a message of known length
+    /// before its last, so the peer gets full segments, and one wake-up
+    /// rather than one per write.
+    pub async fn write_more<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        let op = Op::send_more(self.fd.clone(), buf).unwrap();
+        op.write().await
+    }
+
     /// Sends all of `send`, then reads into `recv` like
     /// [`TcpStream::read_awaiting`]: a request and the wait for its reply.
     /// On io_uring (Linux 5.17 and later) the two are linked in one
