@@ -10,6 +10,9 @@
 #                   [--baseline-server "KEY = VALUE"]
 #                   [--everything] [--floor]
 #
+# The default scenarios are the ones in the brackets; "post1m" (1 MiB
+# uploads) runs when named.
+#
 # --observability adds the target ringgate-obs: the same build with the
 # access log on (to a file) besides the always-on metrics. --baseline adds
 # ringgate-base: another ringgate binary (e.g. built from an earlier commit)
@@ -162,6 +165,7 @@ printf 'hello world\n' > "$WORK/www/small"
 head -c 16384 /dev/zero | tr '\0' 'a' > "$WORK/www/16k"
 head -c 1048576 /dev/zero | tr '\0' 'b' > "$WORK/www/1m"
 head -c 65536 /dev/zero | tr '\0' 'c' > "$WORK/post64k.body"
+head -c 1048576 /dev/zero | tr '\0' 'd' > "$WORK/post1m.body"
 chmod -R a+rX "$WORK"  # nginx workers run unprivileged
 origin_conf "$WORK" $ORIGIN > "$WORK/origin.conf"
 
@@ -300,6 +304,7 @@ wrk.method = "POST"
 local f = io.open("$WORK/post64k.body", "rb"); wrk.body = f:read("*a"); f:close()
 wrk.headers["Content-Type"] = "application/octet-stream"
 EOF
+sed -e 's/post64k.body/post1m.body/' "$WORK/post.lua" > "$WORK/post1m.lua"
 cat > "$WORK/close.lua" <<'EOF'
 wrk.headers["Connection"] = "close"
 EOF
@@ -364,6 +369,7 @@ wrk_args() {
     16k) echo "/16k" ;;
     1m) echo "/1m" ;;
     post64k) echo "-s $WORK/post.lua /post" ;;
+    post1m) echo "-s $WORK/post1m.lua /post" ;;
     newconn) echo "-s $WORK/close.lua /small" ;;
     jwt) echo "-s $WORK/jwt.lua /small" ;;
     everything) echo "-s $WORK/jwt.lua /small" ;;
