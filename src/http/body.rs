@@ -162,12 +162,9 @@ async fn copy_length<R: Stream, W: Stream>(
         let start = *src.start;
         // All but the last write may say more follows: the kernel fills
         // segments across them and the peer wakes once per segment.
-        let written = if more && remaining > n as u64 {
-            write_range_more(dst, src.buf, start..start + n).await
-        } else {
-            write_range(dst, src.buf, start..start + n).await
-        };
-        written.map_err(BodyError::Sink)?;
+        write_range_more(dst, src.buf, start..start + n, more && remaining > n as u64)
+            .await
+            .map_err(BodyError::Sink)?;
         src.consume(n);
         remaining -= n as u64;
     }

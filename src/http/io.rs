@@ -322,9 +322,10 @@ pub async fn write_range<S: Stream>(
     res.map(|_| ())
 }
 
-/// Writes all of `buf[range]` like [`write_range`], with more of the same
-/// message to follow at once ([`Stream::write_more`]). The caller's next
-/// write must be one without the hint, or the kernel may hold these bytes.
+/// Writes all of `buf[range]` like [`write_range`]; with `more`, saying
+/// more of the same message follows at once ([`Stream::write_more`]). The
+/// caller's next write must then be one without the hint, or the kernel
+/// may hold these bytes.
 ///
 /// # Errors
 /// The I/O error of a write.
@@ -332,7 +333,11 @@ pub async fn write_range_more<S: Stream>(
     stream: &mut S,
     buf: &mut Vec<u8>,
     range: std::ops::Range<usize>,
+    more: bool,
 ) -> io::Result<()> {
+    if !more {
+        return write_range(stream, buf, range).await;
+    }
     let mut owned = std::mem::take(buf);
     let mut at = range.start;
     let mut res = Ok(());

@@ -261,16 +261,13 @@ async fn attempt<S: Stream, U: Stream>(
     } else {
         matches!(framing, Framing::Length(_))
     };
-    if !head_alone {
-        let len = d.x.wbuf.len();
-        let sent = if body_follows {
-            write_range_more(upstream, &mut d.x.wbuf, 0..len).await
-        } else {
-            write_all(upstream, &mut d.x.wbuf).await
-        };
-        if sent.is_err() {
-            return Err(Attempt::Retry);
-        }
+    let len = d.x.wbuf.len();
+    if !head_alone
+        && write_range_more(upstream, &mut d.x.wbuf, 0..len, body_follows)
+            .await
+            .is_err()
+    {
+        return Err(Attempt::Retry);
     }
 
     // request body: read whole already (JSON Schema routes), or streamed
