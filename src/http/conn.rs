@@ -334,7 +334,10 @@ async fn serve_requests<S: Stream + Park>(
         if next == Next::Close {
             break;
         }
-        deadline = None;
+        if deadline.take().is_some() {
+            // A second request: the connection is worth its registered slot.
+            d.conn.stream.expect_reuse();
+        }
     }
     pool.put(d.x);
 }

@@ -41,6 +41,15 @@ pub trait Stream: AsyncReadRent + AsyncWriteRent {
         self.write(buf)
     }
 
+    /// The connection is kept for more exchanges (a client's second
+    /// request). Plain TCP on io_uring enters the worker ring's table of
+    /// registered files (`monoio::net::TcpStream::use_registered_file`),
+    /// so the kernel finds the socket by its slot rather than looking up
+    /// and counting a reference to its file for every send and receive;
+    /// a connection that carries one exchange never pays the two
+    /// `io_uring_register` calls. Other streams do nothing.
+    fn expect_reuse(&self) {}
+
     /// Sends all of `wbuf`, keeping it, then reads into `rbuf`'s spare
     /// capacity like [`Stream::read_awaiting`]: a request, then its
     /// response's first bytes. Plain TCP on io_uring links the two in one
@@ -80,6 +89,10 @@ impl Stream for monoio::net::TcpStream {
         buf: T,
     ) -> impl std::future::Future<Output = monoio::BufResult<usize, T>> {
         monoio::net::TcpStream::write_more(self, buf)
+    }
+
+    fn expect_reuse(&self) {
+        self.use_registered_file();
     }
 
     async fn send_then_read_awaiting(

@@ -251,6 +251,9 @@ impl Endpoint {
         if idle.len() >= pool.max_idle as usize {
             return;
         }
+        if conn.requests == 1 {
+            conn.stream.expect_reuse();
+        }
         conn.idle_since = now;
         idle.push(conn);
     }

@@ -27,6 +27,16 @@ impl UpstreamStream {
         }
     }
 
+    /// The connection goes back to the pool for more requests: its socket
+    /// enters the worker ring's registered files (see
+    /// `http::io::Stream::expect_reuse`).
+    pub fn expect_reuse(&self) {
+        match self {
+            UpstreamStream::Plain(s) => s.use_registered_file(),
+            UpstreamStream::Tls(t) => t.io().use_registered_file(),
+        };
+    }
+
     /// Nothing received and not yet read: no buffered ciphertext or
     /// plaintext that a pooled connection would hand to the next request.
     pub fn is_drained(&self) -> bool {

@@ -912,6 +912,61 @@ mod tests {
         });
     }
 
+    /// A worker context for `config` on the running io_uring runtime and
+    /// one client connection to it, served as the worker serves the
+    /// connections it accepts. The logs must outlive the context.
+    fn serve_one_client(
+        config: &str,
+        deferred: bool,
+    ) -> (
+        std::rc::Rc<super::WorkerCtx>,
+        crate::observability::Logs,
+        std::net::TcpStream,
+        monoio::task::JoinHandle<()>,
+    ) {
+        use std::rc::Rc;
+
+        let config = Arc::new(crate::config::Config::parse("test.toml", config).expect("config"));
+        let logs = crate::observability::Logs::start(&config).expect("logs");
+        let driver = super::Driver::IoUring {
+            deferred,
+            wait_batch: 1,
+        };
+        let ctx = Rc::new(super::WorkerCtx::new(0, config, &logs, driver));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, peer) = listener.accept().unwrap();
+        let stream = monoio::net::TcpStream::from_std(server).unwrap();
+        let slots = Rc::new(super::ConnSlots::default());
+        slots.acquire();
+        ctx.conns.acquire();
+        let conn = super::Accepted {
+            ctx: ctx.clone(),
+            slots,
+            peer,
+            listener: 0,
+            at: monoio::time::loop_now(),
+            proxy_protocol: false,
+        };
+        let secure = crate::http::conn::Secure::default();
+        let served = monoio::spawn(crate::http::conn::serve(conn, stream, secure));
+        (ctx, logs, client, served)
+    }
+
+    /// Reads one response with the body "ok" from a test client.
+    fn read_response_ok(client: &mut std::net::TcpStream) -> Vec<u8> {
+        use std::io::Read;
+
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.ends_with(b"\r\n\r\nok") {
+            let n = client.read(&mut buf).unwrap();
+            assert!(n > 0, "the connection closed");
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+
     /// A small keep-alive response leaves with the read held for the
     /// connection's next request (`http::conn::send_last`), in one
     /// submission that completes once: a request answered on a kept-alive
@@ -919,43 +974,14 @@ mod tests {
     /// its response's send and one for the next request's read.
     #[test]
     fn a_small_response_leaves_with_the_next_read() {
-        use std::io::Read;
-        use std::rc::Rc;
-
         const REQUESTS: u64 = 64;
         let (mut rt, deferred) = uring_runtime(0, 256, true).expect("io_uring runtime");
         rt.block_on(async move {
-            let config = crate::config::Config::parse(
-                "test.toml",
+            let (_ctx, _logs, mut client, served) = serve_one_client(
                 "[[listeners]]\nname = \"t\"\naddress = \"127.0.0.1:0\"\n\
                  [[routes]]\nname = \"r\"\nrespond = { status = 200, body = \"ok\" }\n",
-            )
-            .expect("config");
-            let config = Arc::new(config);
-            let logs = crate::observability::Logs::start(&config).expect("logs");
-            let driver = super::Driver::IoUring {
                 deferred,
-                wait_batch: 1,
-            };
-            let ctx = Rc::new(super::WorkerCtx::new(0, config, &logs, driver));
-
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-            let (server, peer) = listener.accept().unwrap();
-            let stream = monoio::net::TcpStream::from_std(server).unwrap();
-            let slots = Rc::new(super::ConnSlots::default());
-            slots.acquire();
-            ctx.conns.acquire();
-            let conn = super::Accepted {
-                ctx: ctx.clone(),
-                slots,
-                peer,
-                listener: 0,
-                at: monoio::time::loop_now(),
-                proxy_protocol: false,
-            };
-            let secure = crate::http::conn::Secure::default();
-            let served = monoio::spawn(crate::http::conn::serve(conn, stream, secure));
+            );
 
             // One request first, so the counting starts on a kept-alive
             // connection; then the rest, each sent once the last response
@@ -968,13 +994,7 @@ mod tests {
                     client
                         .write_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
                         .unwrap();
-                    let mut got = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !got.ends_with(b"\r\n\r\nok") {
-                        let n = client.read(&mut buf).unwrap();
-                        assert!(n > 0, "the connection closed");
-                        got.extend_from_slice(&buf[..n]);
-                    }
+                    read_response_ok(client);
                 };
                 exchange(&mut client);
                 finished.store(true, Ordering::SeqCst);
@@ -1005,6 +1025,115 @@ mod tests {
                 completions < REQUESTS * 3 / 2,
                 "{completions} completions for {REQUESTS} requests"
             );
+        });
+    }
+
+    /// A kept-alive client connection and a pooled upstream connection
+    /// enter the ring's registered files once each has carried a request
+    /// and stays for more (`http::io::Stream::expect_reuse`), and leave it
+    /// when they close: the client then sees the gateway's close, which a
+    /// slot left filled would hold back (the table keeps the socket open).
+    #[test]
+    fn reused_connections_are_registered_files_until_they_close() {
+        use std::io::{BufRead, BufReader, Read};
+
+        let (mut rt, deferred) = uring_runtime(0, 256, true).expect("io_uring runtime");
+        rt.block_on(async move {
+            // An origin that answers every request on one connection.
+            let origin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let origin_addr = origin.local_addr().unwrap();
+            let (closed, upstream_closed) = std::sync::mpsc::channel::<()>();
+            let upstream = std::thread::spawn(move || {
+                let (conn, _) = origin.accept().unwrap();
+                // The gateway's close ends the loop; a timeout fails the test.
+                conn.set_read_timeout(Some(Duration::from_secs(20)))
+                    .unwrap();
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut conn = conn;
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if reader.read_line(&mut line).unwrap() == 0 {
+                        closed.send(()).unwrap();
+                        return;
+                    }
+                    if line == "\r\n" {
+                        conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .unwrap();
+                    }
+                }
+            });
+            let (ctx, _logs, mut client, served) = serve_one_client(
+                &format!(
+                    "[[listeners]]\nname = \"t\"\naddress = \"127.0.0.1:0\"\n\
+                     [[clusters]]\nname = \"c\"\nendpoints = [\"{origin_addr}\"]\n\
+                     [[routes]]\nname = \"r\"\nproxy = {{ cluster = \"c\" }}\n"
+                ),
+                deferred,
+            );
+            client
+                .set_read_timeout(Some(Duration::from_secs(20)))
+                .unwrap();
+
+            // Each step: the client's request, then the registered files
+            // the worker has once its response is read.
+            let (step, steps) = std::sync::mpsc::channel::<Option<&'static str>>();
+            let (done, finished) = std::sync::mpsc::channel::<Vec<u8>>();
+            let peer = std::thread::spawn(move || {
+                while let Ok(Some(request)) = steps.recv() {
+                    client.write_all(request.as_bytes()).unwrap();
+                    done.send(read_response_ok(&mut client)).unwrap();
+                }
+                // The gateway's close, seen as the end of the stream (a
+                // read timeout fails the test).
+                let mut rest = Vec::new();
+                client.read_to_end(&mut rest).unwrap();
+                done.send(rest).unwrap();
+            });
+            let response = || async {
+                for _ in 0..4_000 {
+                    if let Ok(got) = finished.try_recv() {
+                        return got;
+                    }
+                    monoio::time::sleep(Duration::from_millis(5)).await;
+                }
+                panic!("the client did not finish");
+            };
+            let registered = || monoio::utils::uring_registered_files().expect("io_uring");
+            let before = registered();
+
+            step.send(Some("GET /a HTTP/1.1\r\nhost: t\r\n\r\n"))
+                .unwrap();
+            response().await;
+            // Both connections entered the table when their first exchange
+            // ended and they stayed, which the second request comes after.
+            step.send(Some("GET /b HTTP/1.1\r\nhost: t\r\n\r\n"))
+                .unwrap();
+            response().await;
+            assert_eq!(registered() - before, 2, "after the second request");
+            step.send(Some(
+                "GET /c HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n",
+            ))
+            .unwrap();
+            response().await;
+            step.send(None).unwrap();
+            assert!(response().await.is_empty(), "bytes after the last response");
+            served.await;
+            assert_eq!(registered() - before, 1, "the client's slot was emptied");
+            let snap = ctx.snapshot();
+            for cluster in snap.upstreams.clusters.iter() {
+                cluster.endpoints.iter().for_each(|e| e.close_idle());
+            }
+            assert_eq!(registered(), before, "the upstream's slot was emptied");
+            // The origin sees the close once the loop submits it.
+            for _ in 0..4_000 {
+                if upstream_closed.try_recv().is_ok() {
+                    break;
+                }
+                monoio::time::sleep(Duration::from_millis(5)).await;
+            }
+            peer.join().unwrap();
+            upstream.join().unwrap();
         });
     }
 }

@@ -208,6 +208,18 @@ impl Inner {
         }
     }
 
+    /// Sockets in the io_uring driver's registered file table; `None` on
+    /// the legacy driver.
+    #[allow(unused)]
+    pub(crate) fn registered_files(&self) -> Option<usize> {
+        match self {
+            #[cfg(all(target_os = "linux", feature = "iouring"))]
+            Inner::Uring(this) => Some(UringInner::registered_files(this)),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
     /// The current driver runs linked operations (`OpAble::uring_link_head`):
     /// an io_uring driver whose ring skips successful completions.
     #[allow(unused)]

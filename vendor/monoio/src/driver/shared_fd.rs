@@ -24,7 +24,15 @@ struct Inner {
 
     // Waker to notify when the close operation completes.
     state: UnsafeCell<State>,
+
+    // The fd's slot in the io_uring driver's registered file table, or
+    // `NOT_REGISTERED` (`SharedFd::register_file`).
+    #[cfg(all(target_os = "linux", feature = "iouring"))]
+    slot: std::cell::Cell<u32>,
 }
+
+#[cfg(all(target_os = "linux", feature = "iouring"))]
+const NOT_REGISTERED: u32 = u32::MAX;
 
 enum State {
     #[cfg(all(target_os = "linux", feature = "iouring"))]
@@ -235,6 +243,8 @@ impl SharedFd {
             inner: Rc::new(Inner {
                 fd,
                 state: UnsafeCell::new(state),
+                #[cfg(all(target_os = "linux", feature = "iouring"))]
+                slot: std::cell::Cell::new(NOT_REGISTERED),
             }),
         })
     }
@@ -260,6 +270,8 @@ impl SharedFd {
             inner: Rc::new(Inner {
                 fd,
                 state: UnsafeCell::new(state),
+                #[cfg(all(target_os = "linux", feature = "iouring"))]
+                slot: std::cell::Cell::new(NOT_REGISTERED),
             }),
         })
     }
@@ -285,6 +297,8 @@ impl SharedFd {
             inner: Rc::new(Inner {
                 fd,
                 state: UnsafeCell::new(state),
+                #[cfg(all(target_os = "linux", feature = "iouring"))]
+                slot: std::cell::Cell::new(NOT_REGISTERED),
             }),
         }
     }
@@ -300,6 +314,8 @@ impl SharedFd {
             inner: Rc::new(Inner {
                 fd: RawFd::new(fd),
                 state: UnsafeCell::new(state),
+                #[cfg(all(target_os = "linux", feature = "iouring"))]
+                slot: std::cell::Cell::new(NOT_REGISTERED),
             }),
         }
     }
@@ -308,6 +324,50 @@ impl SharedFd {
     /// Returns the RawFd
     pub(crate) fn raw_fd(&self) -> RawFd {
         self.inner.fd
+    }
+
+    /// Puts the fd in the io_uring driver's registered file table, so the
+    /// operations that name it by its slot (`SharedFd::uring_fd`) skip the
+    /// kernel's file lookup. Returns whether it is there; false on the
+    /// legacy driver, for an fd polled for readiness, and when the table is
+    /// full or the kernel has none. The slot is emptied before the fd
+    /// closes.
+    #[cfg(all(target_os = "linux", feature = "iouring"))]
+    pub(crate) fn register_file(&self) -> bool {
+        if self.inner.slot.get() != NOT_REGISTERED {
+            return true;
+        }
+        #[allow(irrefutable_let_patterns)]
+        let State::Uring(UringState::Init) = (unsafe { &*self.inner.state.get() }) else {
+            return false;
+        };
+        if !CURRENT.is_set() {
+            return false;
+        }
+        let slot = CURRENT.with(|inner| match inner {
+            super::Inner::Uring(r) => super::UringInner::register_file(r, self.inner.fd),
+            #[cfg(feature = "legacy")]
+            super::Inner::Legacy(_) => None,
+        });
+        match slot {
+            Some(slot) => {
+                self.inner.slot.set(slot);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The fd as an io_uring submission names it, with the flag to set on
+    /// the submission: its registered slot (`IOSQE_FIXED_FILE`) if it has
+    /// one, else the fd itself.
+    #[cfg(all(target_os = "linux", feature = "iouring"))]
+    #[inline]
+    pub(crate) fn uring_fd(&self) -> (RawFd, io_uring::squeue::Flags) {
+        match self.inner.slot.get() {
+            NOT_REGISTERED => (self.inner.fd, io_uring::squeue::Flags::empty()),
+            slot => (slot as RawFd, io_uring::squeue::Flags::FIXED_FILE),
+        }
     }
 
     #[cfg(windows)]
@@ -330,6 +390,8 @@ impl SharedFd {
         let fd = self.inner.fd;
         match Rc::try_unwrap(self.inner) {
             Ok(inner) => {
+                #[cfg(all(target_os = "linux", feature = "iouring"))]
+                inner.unregister_file();
                 // Only drop Inner's state, skip its drop impl.
                 let mut inner_skip_drop = ManuallyDrop::new(inner);
                 #[allow(invalid_value)]
@@ -436,6 +498,7 @@ impl SharedFd {
             #[allow(irrefutable_let_patterns)]
             if let State::Uring(uring_state) = unsafe { &mut *this.inner.state.get() } {
                 if Rc::get_mut(&mut this.inner).is_some() {
+                    this.inner.unregister_file();
                     *uring_state = match super::op::Op::close(fd) {
                         Ok(op) => UringState::Closing(op),
                         Err(_) => {
@@ -474,6 +537,22 @@ impl SharedFd {
 
 #[cfg(all(target_os = "linux", feature = "iouring"))]
 impl Inner {
+    /// Empties the fd's registered slot, if it has one: the table holds a
+    /// reference to the file, which would otherwise keep the socket open
+    /// after its fd closes. Outside the runtime the ring is gone, or going
+    /// with its table.
+    fn unregister_file(&self) {
+        let slot = self.slot.replace(NOT_REGISTERED);
+        if slot != NOT_REGISTERED && CURRENT.is_set() {
+            CURRENT.with(|inner| {
+                #[allow(irrefutable_let_patterns)]
+                if let super::Inner::Uring(r) = inner {
+                    super::UringInner::unregister_file(r, slot);
+                }
+            });
+        }
+    }
+
     /// Completes when the FD has been closed.
     /// Should only be called for uring mode.
     async fn closed(&self) {
@@ -523,6 +602,8 @@ impl Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         let fd = self.fd;
+        #[cfg(all(target_os = "linux", feature = "iouring"))]
+        self.unregister_file();
         let state = unsafe { &mut *self.state.get() };
         #[allow(unreachable_patterns)]
         match state {

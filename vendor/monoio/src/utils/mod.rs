@@ -33,3 +33,13 @@ pub fn uring_completions() -> Option<u64> {
     }
     crate::driver::CURRENT.with(|inner| inner.completions())
 }
+
+/// Sockets the current thread's io_uring driver has in its table of
+/// registered files (`TcpStream::use_registered_file`), for tests and
+/// diagnostics. `None` outside a runtime and on the legacy driver.
+pub fn uring_registered_files() -> Option<usize> {
+    if !crate::driver::CURRENT.is_set() {
+        return None;
+    }
+    crate::driver::CURRENT.with(|inner| inner.registered_files())
+}

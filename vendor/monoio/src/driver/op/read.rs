@@ -166,7 +166,10 @@ impl<T: IoVecBufMut> OpAble for ReadVec<T> {
     fn uring_op(&mut self) -> io_uring::squeue::Entry {
         let ptr = self.buf_vec.write_iovec_ptr() as _;
         let len = self.buf_vec.write_iovec_len() as _;
-        opcode::Readv::new(types::Fd(self.fd.raw_fd()), ptr, len).build()
+        let (fd, fixed) = self.fd.uring_fd();
+        opcode::Readv::new(types::Fd(fd), ptr, len)
+            .build()
+            .flags(fixed)
     }
 
     #[cfg(any(feature = "legacy", feature = "poll-io"))]

@@ -109,8 +109,10 @@ pub(crate) fn recv_entry<T: IoBufMut>(
     buf: &mut T,
     poll_first: bool,
 ) -> io_uring::squeue::Entry {
-    let mut entry =
-        opcode::Recv::new(types::Fd(fd.raw_fd()), buf.write_ptr(), buf.bytes_total() as _).build();
+    let (fd, fixed) = fd.uring_fd();
+    let mut entry = opcode::Recv::new(types::Fd(fd), buf.write_ptr(), buf.bytes_total() as _)
+        .build()
+        .flags(fixed);
     if poll_first {
         set_ioprio(&mut entry, IORING_RECVSEND_POLL_FIRST);
     }

@@ -97,13 +97,15 @@ impl<T: IoBuf> OpAble for Send<T> {
             flags
         };
 
+        let (fd, fixed) = self.fd.uring_fd();
         opcode::Send::new(
-            types::Fd(self.fd.raw_fd()),
+            types::Fd(fd),
             self.buf.read_ptr(),
             self.buf.bytes_init() as _,
         )
         .flags(flags)
         .build()
+        .flags(fixed)
     }
 
     #[cfg(any(feature = "legacy", feature = "poll-io"))]

@@ -74,14 +74,12 @@ impl<T: IoBuf, U: IoBufMut> OpAble for SendRecv<T, U> {
     }
 
     fn uring_link_head(&mut self) -> Option<io_uring::squeue::Entry> {
+        let (fd, fixed) = self.fd.uring_fd();
         Some(
-            opcode::Send::new(
-                types::Fd(self.fd.raw_fd()),
-                self.send.read_ptr(),
-                self.send.bytes_init() as _,
-            )
-            .flags(libc::MSG_NOSIGNAL | libc::MSG_WAITALL)
-            .build(),
+            opcode::Send::new(types::Fd(fd), self.send.read_ptr(), self.send.bytes_init() as _)
+                .flags(libc::MSG_NOSIGNAL | libc::MSG_WAITALL)
+                .build()
+                .flags(fixed),
         )
     }
 

@@ -107,6 +107,32 @@ pub(crate) struct UringInner {
 
     // Completions reaped so far (`utils::uring_completions`).
     completed: u64,
+
+    // The ring's registered file table (`TcpStream::use_registered_file`).
+    files: FileTable,
+}
+
+/// The ring's table of registered files, made on first use: sparse, as
+/// large as the thread may open files (up to `FileTable::MAX`). A socket in
+/// it is named by its slot, so the kernel skips looking up (and counting a
+/// reference to) its file on every operation.
+enum FileTable {
+    /// Not asked for yet.
+    Untried,
+    /// The kernel refused the table (before Linux 5.19, or no room).
+    Unavailable,
+    Ready {
+        /// Slots given back, used first.
+        free: Vec<u32>,
+        /// Slots never used start here.
+        next: u32,
+        size: u32,
+    },
+}
+
+impl FileTable {
+    /// Slots a ring asks for at most; each costs the kernel 8 bytes.
+    const MAX: u32 = 16 * 1024;
 }
 
 /// How a parked io_uring driver waits: for up to `max` completions, but no
@@ -167,6 +193,7 @@ impl IoUringDriver {
             want: 1,
             skip_cqe: uring.params().is_feature_skip_cqe_on_success(),
             completed: 0,
+            files: FileTable::Untried,
             uring,
         }));
 
@@ -205,6 +232,7 @@ impl IoUringDriver {
             want: 1,
             skip_cqe: uring.params().is_feature_skip_cqe_on_success(),
             completed: 0,
+            files: FileTable::Untried,
             uring,
             shared_waker: std::sync::Arc::new(waker::EventWaker::new(waker)),
             eventfd_installed: false,
@@ -733,6 +761,69 @@ impl UringInner {
     /// Completions reaped so far.
     pub(crate) fn completions(this: &Rc<UnsafeCell<UringInner>>) -> u64 {
         unsafe { (*this.get()).completed }
+    }
+
+    /// Puts `fd` in the ring's registered file table; returns its slot, or
+    /// `None` when the table is full or the kernel has none. One
+    /// `io_uring_register` call (two for the first, which makes the table).
+    pub(crate) fn register_file(this: &Rc<UnsafeCell<UringInner>>, fd: RawFd) -> Option<u32> {
+        let inner = unsafe { &mut *this.get() };
+        if let FileTable::Untried = inner.files {
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            let size = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } {
+                0 => limit.rlim_cur.min(FileTable::MAX as libc::rlim_t) as u32,
+                _ => 0,
+            };
+            let made = size > 0 && inner.uring.submitter().register_files_sparse(size).is_ok();
+            inner.files = match made {
+                true => FileTable::Ready {
+                    free: Vec::new(),
+                    next: 0,
+                    size,
+                },
+                false => FileTable::Unavailable,
+            };
+        }
+        let FileTable::Ready { free, next, size } = &mut inner.files else {
+            return None;
+        };
+        let slot = match free.pop() {
+            Some(slot) => slot,
+            None if *next < *size => {
+                *next += 1;
+                *next - 1
+            }
+            None => return None,
+        };
+        match inner.uring.submitter().register_files_update(slot, &[fd]) {
+            Ok(1) => Some(slot),
+            _ => {
+                free.push(slot);
+                None
+            }
+        }
+    }
+
+    /// Empties a slot `register_file` gave. The kernel drops its reference
+    /// to the file at once, or when operations still using it complete.
+    pub(crate) fn unregister_file(this: &Rc<UnsafeCell<UringInner>>, slot: u32) {
+        let inner = unsafe { &mut *this.get() };
+        if let FileTable::Ready { free, .. } = &mut inner.files {
+            if let Ok(1) = inner.uring.submitter().register_files_update(slot, &[-1]) {
+                free.push(slot);
+            }
+        }
+    }
+
+    /// Slots of the registered file table in use.
+    pub(crate) fn registered_files(this: &Rc<UnsafeCell<UringInner>>) -> usize {
+        match unsafe { &(*this.get()).files } {
+            FileTable::Ready { free, next, .. } => *next as usize - free.len(),
+            _ => 0,
+        }
     }
 
     /// The ring can run linked operations (`OpAble::uring_link_head`).
