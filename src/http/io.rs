@@ -42,12 +42,13 @@ pub trait Stream: AsyncReadRent + AsyncWriteRent {
     }
 
     /// The connection is kept for more exchanges (a client's second
-    /// request). Plain TCP on io_uring enters the worker ring's table of
-    /// registered files (`monoio::net::TcpStream::use_registered_file`),
-    /// so the kernel finds the socket by its slot rather than looking up
-    /// and counting a reference to its file for every send and receive;
-    /// a connection that carries one exchange never pays the two
-    /// `io_uring_register` calls. Other streams do nothing.
+    /// request). A TCP socket on io_uring, plain or under TLS, enters the
+    /// worker ring's table of registered files
+    /// (`monoio::net::TcpStream::use_registered_file`), so the kernel
+    /// finds it by its slot rather than looking up and counting a
+    /// reference to its file for every send and receive; a connection
+    /// that carries one exchange never pays the two `io_uring_register`
+    /// calls. Other streams do nothing.
     fn expect_reuse(&self) {}
 
     /// Sends all of `wbuf`, keeping it, then reads into `rbuf`'s spare

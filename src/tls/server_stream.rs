@@ -404,7 +404,16 @@ enum FailWith {
     Io(io::Error),
 }
 
-impl<IO> crate::http::io::Stream for ServerStream<IO> where IO: AsyncReadRent + AsyncWriteRent {}
+impl<IO> crate::http::io::Stream for ServerStream<IO>
+where
+    IO: crate::http::io::Stream,
+{
+    /// The socket under the session takes its registered slot: the
+    /// session's reads and writes are the socket's.
+    fn expect_reuse(&self) {
+        self.io.expect_reuse();
+    }
+}
 
 impl<IO> AsyncReadRent for ServerStream<IO>
 where
@@ -562,13 +571,59 @@ mod tests {
         (Arc::new(server), Arc::new(client))
     }
 
+    /// The server side of `records_larger_...`: reads 40,000 bytes through
+    /// a 1,000-byte buffer, replies and shuts down. With `reuse`, the
+    /// socket first takes its slot in the io_uring ring's registered files
+    /// (`Stream::expect_reuse`), which it holds until the stream is gone.
+    async fn serve_records(
+        listener: std::net::TcpListener,
+        server_config: Arc<rustls::ServerConfig>,
+        reuse: bool,
+    ) -> Vec<u8> {
+        use crate::http::io::Stream as _;
+
+        let listener = TcpListener::from_std(listener).unwrap();
+        let (tcp, _) = listener.accept().await.unwrap();
+        let session = UnbufferedServerConnection::new(server_config).unwrap();
+        let mut tls = ServerStream::with_received(tcp, session, Vec::new());
+        tls.handshake().await.unwrap();
+        let registered = monoio::utils::uring_registered_files;
+        if reuse {
+            tls.expect_reuse();
+            assert_eq!(registered(), Some(1), "the socket has no slot");
+        }
+        let mut received = Vec::new();
+        while received.len() < 40_000 {
+            let read = tls.read(Vec::with_capacity(1000));
+            let (n, buf) = monoio::time::timeout(Duration::from_secs(20), read)
+                .await
+                .expect("bytes stopped coming");
+            assert!(n.unwrap() > 0, "ended early");
+            received.extend_from_slice(&buf);
+        }
+        assert!(tls.is_drained());
+        let (r, _) = tls.write_all(b"all read".to_vec()).await;
+        r.unwrap();
+        tls.shutdown().await.unwrap();
+        drop(tls);
+        if reuse {
+            assert_eq!(registered(), Some(0), "the slot outlived the socket");
+        }
+        received
+    }
+
     /// Records of 16 KiB read through a 1,000-byte buffer come out whole
     /// and in order (the rest of each waits in the stream), a reply is
     /// encrypted and read, and shutdown ends with a close_notify, which a
-    /// client reads as a clean end.
+    /// client reads as a clean end: on the legacy driver, and on io_uring
+    /// with the socket in the ring's registered files.
     #[test]
     fn records_larger_than_a_read_come_out_whole_and_shutdown_closes_cleanly() {
-        for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        for (version, uring) in [
+            (&rustls::version::TLS13, false),
+            (&rustls::version::TLS12, false),
+            (&rustls::version::TLS13, true),
+        ] {
             let (server_config, client_config) = configs(version);
             let sent: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
             let expected = sent.clone();
@@ -586,31 +641,16 @@ mod tests {
                 tls.read_to_end(&mut reply).unwrap();
                 reply
             });
-            let received = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-                .enable_timer()
-                .build()
-                .unwrap()
-                .block_on(async move {
-                    let listener = TcpListener::from_std(listener).unwrap();
-                    let (tcp, _) = listener.accept().await.unwrap();
-                    let session = UnbufferedServerConnection::new(server_config).unwrap();
-                    let mut tls = ServerStream::with_received(tcp, session, Vec::new());
-                    tls.handshake().await.unwrap();
-                    let mut received = Vec::new();
-                    while received.len() < 40_000 {
-                        let read = tls.read(Vec::with_capacity(1000));
-                        let (n, buf) = monoio::time::timeout(Duration::from_secs(20), read)
-                            .await
-                            .expect("bytes stopped coming");
-                        assert!(n.unwrap() > 0, "ended early");
-                        received.extend_from_slice(&buf);
-                    }
-                    assert!(tls.is_drained());
-                    let (r, _) = tls.write_all(b"all read".to_vec()).await;
-                    r.unwrap();
-                    tls.shutdown().await.unwrap();
-                    received
-                });
+            let received = if uring {
+                let (mut rt, _) = crate::worker::uring_runtime(0, 256, true).expect("io_uring");
+                rt.block_on(serve_records(listener, server_config, true))
+            } else {
+                monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                    .enable_timer()
+                    .build()
+                    .unwrap()
+                    .block_on(serve_records(listener, server_config, false))
+            };
             assert!(received == expected, "{version:?}: bytes differ");
             assert_eq!(client.join().unwrap(), b"all read", "{version:?}");
         }
