@@ -92,3 +92,38 @@ impl AsyncWriteRent for UpstreamStream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pooled connection's socket takes a slot in the worker ring's
+    /// registered files whether it is plain or under a TLS session, and
+    /// gives it back when the connection is dropped.
+    #[test]
+    fn reuse_registers_the_socket_plain_or_under_tls() {
+        let (mut rt, _) = crate::worker::uring_runtime(0, 64, true).expect("io_uring runtime");
+        rt.block_on(async {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let plain = UpstreamStream::Plain(TcpStream::connect_addr(addr).await.unwrap());
+            let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
+            let name = rustls::pki_types::ServerName::try_from("upstream.test").unwrap();
+            let session = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+            let tcp = TcpStream::connect_addr(addr).await.unwrap();
+            let tls = UpstreamStream::Tls(Box::new(TlsStream::new(tcp, session)));
+            let registered = || monoio::utils::uring_registered_files().expect("io_uring");
+            let before = registered();
+            plain.expect_reuse();
+            assert_eq!(registered() - before, 1, "the plain socket has no slot");
+            tls.expect_reuse();
+            assert_eq!(registered() - before, 2, "the socket under TLS has no slot");
+            drop((plain, tls));
+            assert_eq!(registered(), before, "slots outlived their sockets");
+        });
+    }
+}

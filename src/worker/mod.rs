@@ -953,6 +953,18 @@ mod tests {
         (ctx, logs, client, served)
     }
 
+    /// What another thread sends on `rx`, waited for without blocking the
+    /// runtime (so the loop keeps submitting), for up to 20 s.
+    async fn recv_within<T>(rx: &std::sync::mpsc::Receiver<T>, what: &str) -> T {
+        for _ in 0..4_000 {
+            if let Ok(got) = rx.try_recv() {
+                return got;
+            }
+            monoio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("{what}");
+    }
+
     /// Reads one response with the body "ok" from a test client.
     fn read_response_ok(client: &mut std::net::TcpStream) -> Vec<u8> {
         use std::io::Read;
@@ -1090,15 +1102,7 @@ mod tests {
                 client.read_to_end(&mut rest).unwrap();
                 done.send(rest).unwrap();
             });
-            let response = || async {
-                for _ in 0..4_000 {
-                    if let Ok(got) = finished.try_recv() {
-                        return got;
-                    }
-                    monoio::time::sleep(Duration::from_millis(5)).await;
-                }
-                panic!("the client did not finish");
-            };
+            let response = || recv_within(&finished, "the client did not finish");
             let registered = || monoio::utils::uring_registered_files().expect("io_uring");
             let before = registered();
 
@@ -1126,12 +1130,7 @@ mod tests {
             }
             assert_eq!(registered(), before, "the upstream's slot was emptied");
             // The origin sees the close once the loop submits it.
-            for _ in 0..4_000 {
-                if upstream_closed.try_recv().is_ok() {
-                    break;
-                }
-                monoio::time::sleep(Duration::from_millis(5)).await;
-            }
+            recv_within(&upstream_closed, "the origin did not see the close").await;
             peer.join().unwrap();
             upstream.join().unwrap();
         });
