@@ -25,7 +25,7 @@
 # --baseline-driver epoll compares the two drivers of one build).
 # --baseline-server adds a line to the baseline's [server] table (e.g.
 # --baseline target/release/ringgate --baseline-server
-# "io_uring_wait_batch = 64" compares one build's two wait modes; it may be
+# "io_uring_wait_batch = 1" compares one build's two wait modes; it may be
 # given more than once). --ip-list N gives every ringgate
 # target except the baseline a global deny list file of N entries;
 # --rate-limit puts them behind a per-client policy far above the load.

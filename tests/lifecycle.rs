@@ -77,20 +77,27 @@ fn io_uring_completion_work_is_deferred_unless_disabled() {
     }
 }
 
-/// io_uring waits collect several completions when turned on (they are
-/// off by default), and a wait holds a completion for more only while the
-/// worker is busy: one client's sequential requests, each alone in the
-/// worker, are not held for the batch time (here 200 ms, so holding every
-/// wait would take 8 s or more for these 20 requests).
+/// io_uring waits collect several completions unless turned off, and a
+/// wait holds a completion for more only while the worker is busy: one
+/// client's sequential requests, each alone in the worker, are not held
+/// for the batch time (here 200 ms, so holding every wait would take 8 s
+/// or more for these 20 requests). Whether the worker's CPU use is
+/// measured (the default) or not (`busy_percent = 0`, where the number a
+/// wait asks for alone keeps lone requests from being held), and with
+/// batching off.
 #[test]
 fn io_uring_waits_are_batched_without_holding_lone_requests() {
     let up = Upstream::new(Reply::ok("x"));
     for (setting, batch) in [
+        ("io_uring_wait_batch_us = 200000\n", "64"),
         (
-            "io_uring_wait_batch = 64\nio_uring_wait_batch_us = 200000\n",
+            "io_uring_wait_batch_us = 200000\nio_uring_wait_batch_busy_percent = 0\n",
             "64",
         ),
-        ("io_uring_wait_batch_us = 200000\n", "1"),
+        (
+            "io_uring_wait_batch = 1\nio_uring_wait_batch_us = 200000\n",
+            "1",
+        ),
     ] {
         let body = format!("{}{}", cluster("c", &[&up], ""), route_all("c"));
         let text =

@@ -54,6 +54,9 @@ pub struct Config {
     /// How long, in microseconds, a wait that has a completion may hold it
     /// for more.
     pub io_uring_wait_batch_us: u32,
+    /// Batch only while the worker's CPU time is at least this share of
+    /// wall time, in percent (0: always).
+    pub io_uring_wait_batch_busy_percent: u32,
     /// Add `Via: 1.1 ringgate` both ways (RFC 9110 7.6.3).
     pub via: bool,
     pub drain_timeout: Duration,

@@ -93,6 +93,8 @@ pub struct RawServer {
     pub io_uring_wait_batch: u32,
     #[serde(default = "d::io_uring_wait_batch_us")]
     pub io_uring_wait_batch_us: u32,
+    #[serde(default = "d::io_uring_wait_batch_busy_percent")]
+    pub io_uring_wait_batch_busy_percent: u32,
     #[serde(default)]
     pub via: bool,
     #[serde(default = "d::trace_context")]
@@ -110,6 +112,7 @@ impl Default for RawServer {
             io_uring_defer_taskrun: d::io_uring_defer_taskrun(),
             io_uring_wait_batch: d::io_uring_wait_batch(),
             io_uring_wait_batch_us: d::io_uring_wait_batch_us(),
+            io_uring_wait_batch_busy_percent: d::io_uring_wait_batch_busy_percent(),
             via: false,
             trace_context: d::trace_context(),
         }

@@ -101,6 +101,12 @@ fn build(c: &mut Checker<'_>, raw: RawConfig, dir: &std::path::Path) -> Config {
             "io_uring_wait_batch_us must be between 1 and 1000000",
         );
     }
+    if raw.server.io_uring_wait_batch_busy_percent > 100 {
+        c.error(
+            &server.key("io_uring_wait_batch_busy_percent"),
+            "io_uring_wait_batch_busy_percent must be between 0 (always batch) and 100",
+        );
+    }
 
     let t = &raw.timeouts;
     let tp = root.key("timeouts");
@@ -363,6 +369,7 @@ fn build(c: &mut Checker<'_>, raw: RawConfig, dir: &std::path::Path) -> Config {
         io_uring_defer_taskrun: raw.server.io_uring_defer_taskrun,
         io_uring_wait_batch: raw.server.io_uring_wait_batch,
         io_uring_wait_batch_us: raw.server.io_uring_wait_batch_us,
+        io_uring_wait_batch_busy_percent: raw.server.io_uring_wait_batch_busy_percent,
         via: raw.server.via,
         drain_timeout: raw.server.drain_timeout.0,
         timeouts,

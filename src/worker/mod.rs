@@ -505,10 +505,11 @@ pub(crate) fn uring_runtime(
 /// `io_uring_wait_batch`, holding one no longer than
 /// `io_uring_wait_batch_us` for the others (the kernel's minimum wait
 /// time, Linux 6.12; how many a wait asks for adapts, see
-/// `monoio::WaitBatch`). A busy worker then handles a batch per wake-up
-/// instead of sleeping and being woken for nearly every completion; an
-/// idle one, whose waits collect one, is not held. Returns the batch in
-/// force (1 when off or unsupported).
+/// `monoio::WaitBatch`), while the worker's CPU time is at least
+/// `io_uring_wait_batch_busy_percent` of wall time. A busy worker then
+/// handles a batch per wake-up instead of sleeping and being woken for
+/// nearly every completion; one with CPU to spare answers each completion
+/// at once. Returns the batch in force (1 when off or unsupported).
 fn batch_waits(id: usize, rt: &UringRuntime, config: &Config) -> u32 {
     let max = config.io_uring_wait_batch;
     if max <= 1 {
@@ -517,6 +518,7 @@ fn batch_waits(id: usize, rt: &UringRuntime, config: &Config) -> u32 {
     let batch = monoio::WaitBatch {
         max,
         wait: std::time::Duration::from_micros(config.io_uring_wait_batch_us.into()),
+        busy_percent: config.io_uring_wait_batch_busy_percent,
     };
     if rt.set_wait_batch(batch) {
         return max;
@@ -872,44 +874,93 @@ mod tests {
         let batch = monoio::WaitBatch {
             max: 2,
             wait: Duration::from_secs(30),
+            busy_percent: 0,
         };
         assert_eq!(rt.set_wait_batch(batch), kernel_has_min_wait());
         if !kernel_has_min_wait() {
             return;
         }
+        rt.block_on(async {
+            assert!(
+                a_wait_holds_a_completion().await,
+                "a's read finished before b's data was written: the wait was not batched"
+            );
+        });
+    }
+
+    /// With `busy_percent`, waits batch only while the thread spends that
+    /// share of its time on the CPU: not on a fresh, idle runtime; after
+    /// 600 turns that each spin for 200 µs (two load windows at nearly
+    /// 100%), yes; after 600 turns that each sleep 1 ms (nearly 0%), no
+    /// more. Each check is the hold of `a_wait_holds_a_completion`.
+    #[test]
+    fn waits_batch_only_while_the_thread_is_busy() {
+        let (mut rt, _) = uring_runtime(0, 256, true).expect("io_uring runtime");
+        let batch = monoio::WaitBatch {
+            max: 2,
+            wait: Duration::from_secs(10),
+            busy_percent: 30,
+        };
+        assert_eq!(rt.set_wait_batch(batch), kernel_has_min_wait());
+        if !kernel_has_min_wait() {
+            return;
+        }
+        rt.block_on(async {
+            assert!(!a_wait_holds_a_completion().await, "idle, yet held");
+            // Busy: each turn spins, then parks for a read whose data is
+            // already there.
+            let (s, mut peer) = StdUnixStream::pair().unwrap();
+            s.set_nonblocking(true).unwrap();
+            let mut s = UnixStream::from_std(s).unwrap();
+            let mut buf = vec![0u8; 8];
+            for _ in 0..600 {
+                let spin = std::time::Instant::now();
+                while spin.elapsed() < Duration::from_micros(200) {}
+                peer.write_all(b"x").unwrap();
+                let (n, b) = s.read(buf).await;
+                assert_eq!(n.unwrap(), 1);
+                buf = b;
+            }
+            assert!(a_wait_holds_a_completion().await, "busy, yet not held");
+            for _ in 0..600 {
+                monoio::time::sleep(Duration::from_millis(1)).await;
+            }
+            assert!(!a_wait_holds_a_completion().await, "idle again, yet held");
+        });
+    }
+
+    /// Two reads complete in one wait (so a batched wait asks for two
+    /// next); then one read's data is written at once and the other's
+    /// 200 ms later. Returns whether the first read finished only after
+    /// the second's data was written: whether its wait was held.
+    async fn a_wait_holds_a_completion() -> bool {
         let (a, mut a_peer) = StdUnixStream::pair().unwrap();
         let (b, mut b_peer) = StdUnixStream::pair().unwrap();
-        // Round one: both reads complete in the same wait.
+        a.set_nonblocking(true).unwrap();
+        b.set_nonblocking(true).unwrap();
+        let mut a = UnixStream::from_std(a).unwrap();
+        let mut b = UnixStream::from_std(b).unwrap();
         a_peer.write_all(b"1").unwrap();
         b_peer.write_all(b"1").unwrap();
+        let (ra, rb) = monoio::join!(a.read(vec![0u8; 8]), b.read(vec![0u8; 8]));
+        assert_eq!((ra.0.unwrap(), rb.0.unwrap()), (1, 1));
         let b_written = Arc::new(AtomicBool::new(false));
         let flag = b_written.clone();
-        rt.block_on(async move {
-            a.set_nonblocking(true).unwrap();
-            b.set_nonblocking(true).unwrap();
-            let mut a = UnixStream::from_std(a).unwrap();
-            let mut b = UnixStream::from_std(b).unwrap();
-            let (ra, rb) = monoio::join!(a.read(vec![0u8; 8]), b.read(vec![0u8; 8]));
-            assert_eq!((ra.0.unwrap(), rb.0.unwrap()), (1, 1));
-            // Round two: a's data now, b's 200 ms later.
-            let writer = std::thread::spawn(move || {
-                a_peer.write_all(b"2").unwrap();
-                std::thread::sleep(Duration::from_millis(200));
-                flag.store(true, Ordering::SeqCst);
-                b_peer.write_all(b"2").unwrap();
-            });
-            let read_a = async {
-                let (n, _) = a.read(vec![0u8; 8]).await;
-                assert_eq!(n.unwrap(), 1);
-                assert!(
-                    b_written.load(Ordering::SeqCst),
-                    "a's read finished before b's data was written: the wait was not batched"
-                );
-            };
-            let (_, rb) = monoio::join!(read_a, b.read(vec![0u8; 8]));
-            assert_eq!(rb.0.unwrap(), 1);
-            writer.join().unwrap();
+        let writer = std::thread::spawn(move || {
+            a_peer.write_all(b"2").unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+            flag.store(true, Ordering::SeqCst);
+            b_peer.write_all(b"2").unwrap();
         });
+        let read_a = async {
+            let (n, _) = a.read(vec![0u8; 8]).await;
+            assert_eq!(n.unwrap(), 1);
+            b_written.load(Ordering::SeqCst)
+        };
+        let (held, rb) = monoio::join!(read_a, b.read(vec![0u8; 8]));
+        assert_eq!(rb.0.unwrap(), 1);
+        writer.join().unwrap();
+        held
     }
 
     /// A worker context for `config` on the running io_uring runtime and

@@ -24,6 +24,27 @@ fn defaults_are_documented_values() {
     assert!(c.workers >= 1);
 }
 
+/// Batched waits are on by default but gated on the worker's load; the
+/// gate's percentage is bounded and named where it stands.
+#[test]
+fn wait_batching_defaults_and_bounds() {
+    let c = Config::parse("gw.toml", BASE).unwrap();
+    assert_eq!(
+        (c.io_uring_wait_batch, c.io_uring_wait_batch_busy_percent),
+        (64, 70)
+    );
+    let e = errors(&format!(
+        "{BASE}[server]\nio_uring_wait_batch_busy_percent = 101\n"
+    ));
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].starts_with("gw.toml:5:36: server.io_uring_wait_batch_busy_percent:")
+            && e[0].contains("between 0 (always batch) and 100"),
+        "{}",
+        e[0]
+    );
+}
+
 #[test]
 fn unknown_key_names_line_and_key() {
     let text = format!("{BASE}\n[timeouts]\nrequest_head = \"5s\"\nrequest_haed = \"5s\"\n");

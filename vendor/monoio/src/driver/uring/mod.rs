@@ -101,6 +101,9 @@ pub(crate) struct UringInner {
     // How many completions the next batched wait asks for.
     want: u32,
 
+    // Whether the thread is busy enough to batch (`WaitBatch::busy_percent`).
+    load: Option<LoadGate>,
+
     // The ring can skip successful completions (Linux 5.17), which linked
     // operations need.
     skip_cqe: bool,
@@ -145,12 +148,87 @@ impl FileTable {
 /// one, whose waits collect one, asks for one and is not held. Needs Linux
 /// 6.12 (`min_wait_usec` in `io_uring_getevents_arg`); on older kernels
 /// waits stay single.
+///
+/// With `busy_percent`, waits batch only while the thread is that busy:
+/// every [`LoadGate::PARKS`] parks it compares its CPU time with the wall
+/// time that passed, starts batching at `busy_percent` and stops below
+/// `busy_percent - LoadGate::HYSTERESIS`. A thread with CPU to spare then
+/// answers each completion at once, and one near its capacity trades the
+/// hold for fewer sleeps and wake-ups.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WaitBatch {
     /// The most completions one wait collects.
     pub max: u32,
     /// How long a wait that already has a completion may hold it for more.
     pub wait: Duration,
+    /// The share of wall time, in percent, the thread must spend on the
+    /// CPU for its waits to batch; 0 batches always.
+    pub busy_percent: u32,
+}
+
+/// Whether a thread is busy enough for batched waits (see
+/// [`WaitBatch::busy_percent`]).
+struct LoadGate {
+    batching: bool,
+    // Parks since the window began, and when it began, in wall and CPU time.
+    parks: u32,
+    since: std::time::Instant,
+    cpu: Duration,
+}
+
+impl LoadGate {
+    /// Parks per measurement: two clock reads, one of them a system call,
+    /// every this many waits (about every 5 to 20 ms under load).
+    const PARKS: u32 = 256;
+    /// How far below `busy_percent` the load must fall to stop batching,
+    /// so a window's noise does not flip the mode back and forth.
+    const HYSTERESIS: u32 = 10;
+
+    fn new(batching: bool) -> Self {
+        Self {
+            batching,
+            parks: 0,
+            since: std::time::Instant::now(),
+            cpu: thread_cpu_time(),
+        }
+    }
+
+    /// Counts a park; returns whether the next wait batches.
+    fn park(&mut self, busy_percent: u32) -> bool {
+        if busy_percent == 0 {
+            return true;
+        }
+        self.parks += 1;
+        if self.parks >= Self::PARKS {
+            let (now, cpu) = (std::time::Instant::now(), thread_cpu_time());
+            let wall = now.saturating_duration_since(self.since).as_nanos().max(1);
+            let used = (cpu.saturating_sub(self.cpu).as_nanos() * 100 / wall) as u32;
+            self.batching = next_batching(self.batching, used, busy_percent);
+            (self.parks, self.since, self.cpu) = (0, now, cpu);
+        }
+        self.batching
+    }
+}
+
+/// Whether waits batch after a window in which the thread used `used`
+/// percent of the wall time, given whether they did (see [`WaitBatch`]).
+fn next_batching(batching: bool, used: u32, busy_percent: u32) -> bool {
+    if batching {
+        used + LoadGate::HYSTERESIS >= busy_percent
+    } else {
+        used >= busy_percent
+    }
+}
+
+/// The calling thread's CPU time, user and system.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec to write to; the clock always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// `struct io_uring_getevents_arg` as of Linux 6.12.
@@ -191,6 +269,7 @@ impl IoUringDriver {
             ext_arg: uring.params().is_feature_ext_arg(),
             batch: None,
             want: 1,
+            load: None,
             skip_cqe: uring.params().is_feature_skip_cqe_on_success(),
             completed: 0,
             files: FileTable::Untried,
@@ -230,6 +309,7 @@ impl IoUringDriver {
             ext_arg: uring.params().is_feature_ext_arg(),
             batch: None,
             want: 1,
+            load: None,
             skip_cqe: uring.params().is_feature_skip_cqe_on_success(),
             completed: 0,
             files: FileTable::Untried,
@@ -407,8 +487,12 @@ impl IoUringDriver {
 
         // Process CQ
         let reaped = inner.tick()?;
-        if let Some(batch) = inner.batch {
-            inner.want = next_want(inner.want, reaped, batch.max);
+        if let (Some(batch), Some(load)) = (inner.batch, inner.load.as_mut()) {
+            inner.want = if load.park(batch.busy_percent) {
+                next_want(inner.want, reaped, batch.max)
+            } else {
+                1
+            };
         }
 
         Ok(())
@@ -434,6 +518,7 @@ impl IoUringDriver {
             return false;
         }
         inner.batch = Some(batch);
+        inner.load = Some(LoadGate::new(batch.busy_percent == 0));
         true
     }
 
