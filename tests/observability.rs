@@ -513,6 +513,28 @@ fn trace_context_is_passed_through_or_started() {
     assert_eq!(logged["trace_id"], &created[3..35]);
 }
 
+/// Each worker reports whether its io_uring waits batch: not while idle
+/// under the default load gate, always with the gate at 0.
+#[test]
+fn workers_report_whether_their_waits_batch() {
+    let up = api_upstream();
+    for (setting, batching) in [("", 0.0), ("io_uring_wait_batch_busy_percent = 0\n", 1.0)] {
+        let text = config("io_uring", &routes(&up, "")).replacen(
+            "[server]\n",
+            &format!("[server]\n{setting}"),
+            1,
+        );
+        let gw = Gateway::start(&text);
+        assert_eq!(get(gw.main(), "/api/x").status, 200);
+        let m = scrape(&gw);
+        let values: Vec<f64> = m
+            .matching("ringgate_worker_wait_batching", &[])
+            .map(|s| s.value)
+            .collect();
+        assert_eq!(values, [batching, batching], "{setting:?}: one per worker");
+    }
+}
+
 #[test]
 fn dashboard_queries_only_exported_metrics() {
     let dashboard = std::fs::read_to_string(

@@ -66,6 +66,7 @@ pub mod names {
     pub const WORKER_REQUESTS: &str = "ringgate_worker_requests_total";
     /// Gauge, always 1: the event loop each worker runs, by `worker`, `driver`.
     pub const WORKER_DRIVER: &str = "ringgate_worker_driver";
+    pub const WORKER_WAIT_BATCHING: &str = "ringgate_worker_wait_batching";
     /// Counter: upstream connections opened, by `cluster`.
     pub const UPSTREAM_OPENED: &str = "ringgate_upstream_connections_opened_total";
     /// Counter: requests sent on a pooled (reused) connection, by `cluster`.
@@ -434,6 +435,8 @@ pub struct WorkerReport {
     pub idle_connections: u64,
     /// Keep-alive connections waiting for a request with a held read.
     pub held_connections: u64,
+    /// Whether the worker's io_uring waits batch now (it is busy enough).
+    pub wait_batching: bool,
     pub requests: u64,
     pub rate_sync_received: u64,
     /// Verified-token cache lookups that found / did not find the token.
@@ -550,6 +553,10 @@ fn emit(reports: &[WorkerReport], process: &ProcessFigures) {
         "The event loop of each worker; always 1."
     );
     describe_gauge!(
+        names::WORKER_WAIT_BATCHING,
+        "1 while a worker's io_uring waits collect several completions (it is busy enough), else 0."
+    );
+    describe_gauge!(
         names::ENDPOINT_HEALTHY,
         "1 while an endpoint is in rotation, 0 while ejected."
     );
@@ -573,6 +580,11 @@ fn emit(reports: &[WorkerReport], process: &ProcessFigures) {
         counter!(names::CONNECTION_PANICS, "worker" => worker.clone())
             .absolute(w.connection_panics);
         gauge!(names::WORKER_DRIVER, "worker" => worker.clone(), "driver" => w.driver).set(1.0);
+        gauge!(names::WORKER_WAIT_BATCHING, "worker" => worker.clone()).set(if w.wait_batching {
+            1.0
+        } else {
+            0.0
+        });
         for e in &w.endpoints {
             gauge!(names::ENDPOINT_HEALTHY, "cluster" => e.cluster.to_string(), "endpoint" => e.address.to_string(), "worker" => worker.clone())
                 .set(if e.healthy { 1.0 } else { 0.0 });

@@ -243,6 +243,7 @@ impl WorkerCtx {
             connections: self.conns.active() as u64,
             idle_connections: self.buffers.parked(),
             held_connections: self.buffers.held(),
+            wait_batching: monoio::utils::uring_wait_batching().unwrap_or(false),
             requests: self.stats.requests.get(),
             rate_sync_received: self.limiter.received.get(),
             auth_cache: (self.auth.hits.get(), self.auth.misses.get()),

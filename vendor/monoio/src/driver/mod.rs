@@ -208,6 +208,18 @@ impl Inner {
         }
     }
 
+    /// Whether the io_uring driver's waits batch now; `None` on the legacy
+    /// driver.
+    #[allow(unused)]
+    pub(crate) fn wait_batching(&self) -> Option<bool> {
+        match self {
+            #[cfg(all(target_os = "linux", feature = "iouring"))]
+            Inner::Uring(this) => Some(UringInner::wait_batching(this)),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
     /// Sockets in the io_uring driver's registered file table; `None` on
     /// the legacy driver.
     #[allow(unused)]

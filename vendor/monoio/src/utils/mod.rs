@@ -34,6 +34,16 @@ pub fn uring_completions() -> Option<u64> {
     crate::driver::CURRENT.with(|inner| inner.completions())
 }
 
+/// Whether the current thread's io_uring driver batches its waits now
+/// (`Runtime::set_wait_batch`, and busy enough for it), for metrics.
+/// `None` outside a runtime and on the legacy driver.
+pub fn uring_wait_batching() -> Option<bool> {
+    if !crate::driver::CURRENT.is_set() {
+        return None;
+    }
+    crate::driver::CURRENT.with(|inner| inner.wait_batching())
+}
+
 /// Sockets the current thread's io_uring driver has in its table of
 /// registered files (`TcpStream::use_registered_file`), for tests and
 /// diagnostics. `None` outside a runtime and on the legacy driver.

@@ -848,6 +848,12 @@ impl UringInner {
         unsafe { (*this.get()).completed }
     }
 
+    /// Whether the ring's waits batch now (see [`WaitBatch`]).
+    pub(crate) fn wait_batching(this: &Rc<UnsafeCell<UringInner>>) -> bool {
+        let inner = unsafe { &*this.get() };
+        inner.batch.is_some() && inner.load.as_ref().is_some_and(|l| l.batching)
+    }
+
     /// Puts `fd` in the ring's registered file table; returns its slot, or
     /// `None` when the table is full or the kernel has none. One
     /// `io_uring_register` call (two for the first, which makes the table).
