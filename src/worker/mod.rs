@@ -863,6 +863,20 @@ mod tests {
         assert!(loop_now() > stopped, "a stopped loop's time outlived it");
     }
 
+    /// An io_uring runtime whose waits collect up to two completions,
+    /// holding one up to `wait`, gated at `busy_percent`; `None` (after
+    /// checking the runtime says so) on kernels without minimum wait times.
+    fn batched_runtime(wait: Duration, busy_percent: u32) -> Option<super::UringRuntime> {
+        let (rt, _) = uring_runtime(0, 256, true).expect("io_uring runtime");
+        let batch = monoio::WaitBatch {
+            max: 2,
+            wait,
+            busy_percent,
+        };
+        assert_eq!(rt.set_wait_batch(batch), kernel_has_min_wait());
+        kernel_has_min_wait().then_some(rt)
+    }
+
     /// Once a wait has collected more completions than it asked for, the
     /// next asks for more (here the most, two): a read whose data is there
     /// does not finish until the second read's data arrives 200 ms later
@@ -871,16 +885,9 @@ mod tests {
     /// writes.
     #[test]
     fn a_batched_wait_holds_a_completion_for_the_next() {
-        let (mut rt, _) = uring_runtime(0, 256, true).expect("io_uring runtime");
-        let batch = monoio::WaitBatch {
-            max: 2,
-            wait: Duration::from_secs(30),
-            busy_percent: 0,
-        };
-        assert_eq!(rt.set_wait_batch(batch), kernel_has_min_wait());
-        if !kernel_has_min_wait() {
+        let Some(mut rt) = batched_runtime(Duration::from_secs(30), 0) else {
             return;
-        }
+        };
         rt.block_on(async {
             assert!(
                 a_wait_holds_a_completion().await,
@@ -896,16 +903,9 @@ mod tests {
     /// more. Each check is the hold of `a_wait_holds_a_completion`.
     #[test]
     fn waits_batch_only_while_the_thread_is_busy() {
-        let (mut rt, _) = uring_runtime(0, 256, true).expect("io_uring runtime");
-        let batch = monoio::WaitBatch {
-            max: 2,
-            wait: Duration::from_secs(10),
-            busy_percent: 30,
-        };
-        assert_eq!(rt.set_wait_batch(batch), kernel_has_min_wait());
-        if !kernel_has_min_wait() {
+        let Some(mut rt) = batched_runtime(Duration::from_secs(10), 30) else {
             return;
-        }
+        };
         rt.block_on(async {
             assert!(!a_wait_holds_a_completion().await, "idle, yet held");
             // Busy: each turn spins, then parks for a read whose data is

@@ -95,14 +95,12 @@ pub(crate) struct UringInner {
     // Uring support ext_arg
     ext_arg: bool,
 
-    // Batched waits, when set and the kernel has minimum wait times.
-    batch: Option<WaitBatch>,
+    // Batched waits, when set and the kernel has minimum wait times, with
+    // the gate that lets them batch only while the thread is busy.
+    batch: Option<(WaitBatch, LoadGate)>,
 
     // How many completions the next batched wait asks for.
     want: u32,
-
-    // Whether the thread is busy enough to batch (`WaitBatch::busy_percent`).
-    load: Option<LoadGate>,
 
     // The ring can skip successful completions (Linux 5.17), which linked
     // operations need.
@@ -269,7 +267,6 @@ impl IoUringDriver {
             ext_arg: uring.params().is_feature_ext_arg(),
             batch: None,
             want: 1,
-            load: None,
             skip_cqe: uring.params().is_feature_skip_cqe_on_success(),
             completed: 0,
             files: FileTable::Untried,
@@ -309,7 +306,6 @@ impl IoUringDriver {
             ext_arg: uring.params().is_feature_ext_arg(),
             batch: None,
             want: 1,
-            load: None,
             skip_cqe: uring.params().is_feature_skip_cqe_on_success(),
             completed: 0,
             files: FileTable::Untried,
@@ -447,8 +443,9 @@ impl IoUringDriver {
             }
 
             // 2.3 install timeout and submit_and_wait with timeout
-            if let Some(batch) = inner.batch.filter(|_| inner.want > 1) {
-                inner.wait_batched(inner.want, batch.wait, timeout)?;
+            let batch_wait = inner.batch.as_ref().filter(|_| inner.want > 1);
+            if let Some(wait) = batch_wait.map(|(batch, _)| batch.wait) {
+                inner.wait_batched(inner.want, wait, timeout)?;
             } else if let Some(duration) = timeout {
                 match inner.ext_arg {
                     // Submit and Wait with timeout in an TimeoutOp way.
@@ -487,8 +484,8 @@ impl IoUringDriver {
 
         // Process CQ
         let reaped = inner.tick()?;
-        if let (Some(batch), Some(load)) = (inner.batch, inner.load.as_mut()) {
-            inner.want = if load.park(batch.busy_percent) {
+        if let Some((batch, gate)) = inner.batch.as_mut() {
+            inner.want = if gate.park(batch.busy_percent) {
                 next_want(inner.want, reaped, batch.max)
             } else {
                 1
@@ -517,8 +514,7 @@ impl IoUringDriver {
         if inner.enter(0, &probe).is_err() {
             return false;
         }
-        inner.batch = Some(batch);
-        inner.load = Some(LoadGate::new(batch.busy_percent == 0));
+        inner.batch = Some((batch, LoadGate::new(batch.busy_percent == 0)));
         true
     }
 
@@ -851,7 +847,7 @@ impl UringInner {
     /// Whether the ring's waits batch now (see [`WaitBatch`]).
     pub(crate) fn wait_batching(this: &Rc<UnsafeCell<UringInner>>) -> bool {
         let inner = unsafe { &*this.get() };
-        inner.batch.is_some() && inner.load.as_ref().is_some_and(|l| l.batching)
+        inner.batch.as_ref().is_some_and(|(_, gate)| gate.batching)
     }
 
     /// Puts `fd` in the ring's registered file table; returns its slot, or
